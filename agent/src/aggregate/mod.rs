@@ -1,0 +1,3 @@
+//! Pure aggregation over plain structs: no kernel, no I/O, tested without root.
+
+pub mod stacks;

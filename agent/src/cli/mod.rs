@@ -1,0 +1,79 @@
+//! The command line: clap definitions and one module per subcommand.
+
+mod flamegraph;
+mod progress;
+mod record_cpu;
+pub mod values;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+/// eBPF host and query profiler: where does the time go?
+#[derive(Debug, Parser)]
+#[command(name = "qprof", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Capture a profile now, without a daemon (needs root).
+    #[command(subcommand)]
+    Record(Record),
+    /// Render a pprof file (qprof's or another tool's, gzip or not) as an
+    /// interactive SVG flamegraph.
+    Flamegraph(FlamegraphArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Record {
+    /// Sample on-CPU stacks (user and kernel) host-wide or of given processes.
+    Cpu(RecordCpuArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecordCpuArgs {
+    /// Profile only this process (repeatable); default: the whole host.
+    #[arg(long = "pid", value_name = "PID", value_parser = values::parse_pid)]
+    pub pids: Vec<u32>,
+    /// How long to sample, e.g. 500ms, 10s, 2m. Ctrl-C stops early and still
+    /// writes what was collected.
+    #[arg(long, default_value = "10s", value_parser = values::parse_duration)]
+    pub duration: Duration,
+    /// Samples per second per CPU. 99, not 100: off the beat of timers and
+    /// periodic work that run at round rates, so sampling does not lock step
+    /// with them (the perf and parca-agent convention).
+    #[arg(long, default_value_t = 99, value_parser = values::parse_hz)]
+    pub hz: u64,
+    /// gzip-compressed pprof output.
+    #[arg(short = 'o', long = "output", default_value = "cpu.pb.gz")]
+    pub output: PathBuf,
+    /// Also write an interactive SVG flamegraph here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Also write folded stacks ("frame;frame count" lines) here.
+    #[arg(long)]
+    pub folded: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FlamegraphArgs {
+    /// pprof file (.pb.gz or raw .pb).
+    pub input: PathBuf,
+    /// SVG output; default: the input name with .svg.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// Sample type to draw (e.g. cpu, samples); default: the profile's default.
+    #[arg(long)]
+    pub sample_type: Option<String>,
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Record(Record::Cpu(args)) => record_cpu::run(&args),
+        Command::Flamegraph(args) => flamegraph::run(&args),
+    }
+}

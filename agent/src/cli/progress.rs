@@ -1,0 +1,33 @@
+//! A one-line progress indicator on the terminal, silent otherwise (so that
+//! logs and pipes get only the final summary).
+
+use std::{
+    io::{IsTerminal as _, Write as _},
+    time::Duration,
+};
+
+pub struct Progress {
+    enabled: bool,
+}
+
+impl Progress {
+    /// Enabled only when both stdout and stderr are terminals.
+    #[must_use]
+    pub fn new() -> Self {
+        Self { enabled: std::io::stdout().is_terminal() && std::io::stderr().is_terminal() }
+    }
+
+    pub fn update(&self, left: Duration, samples: u64) {
+        if self.enabled {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\rsampling: {:>5.1}s left, {samples} samples   ", left.as_secs_f64());
+            let _ = err.flush();
+        }
+    }
+
+    pub fn finish(&self) {
+        if self.enabled {
+            eprintln!();
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Getting results out: profile files on disk (later: Prometheus, push).
+
+pub mod files;

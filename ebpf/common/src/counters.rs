@@ -1,0 +1,52 @@
+//! Drop and error counters, one slot per reason in a per-CPU array.
+//!
+//! Ids are stable: they index `DROP_COUNTERS` in the kernel and name the
+//! Prometheus counter in the agent. Append, never renumber.
+
+/// Name of the per-CPU array that holds the counters.
+pub const MAP_DROP_COUNTERS: &str = "DROP_COUNTERS";
+
+/// A reason a sample or event was lost or degraded.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// `bpf_get_stackid` found another stack in the bucket (`-EEXIST`).
+    StackCollision = 0,
+    /// `bpf_get_stackid` failed for another reason (map full, …).
+    StackError = 1,
+    /// The per-stack count map was full: the sample was not counted.
+    CountMapFull = 2,
+    /// The new-process ring buffer was full: the agent may miss a process's
+    /// mappings (its frames then fall back to module+offset or addresses).
+    NewPidRingFull = 3,
+    /// The known-process map was full.
+    KnownPidMapFull = 4,
+}
+
+/// Number of counter slots; the array is sized by this.
+pub const COUNTER_SLOTS: u32 = 8;
+
+impl Counter {
+    /// Every counter, for export loops.
+    pub const ALL: [Counter; 5] = [
+        Counter::StackCollision,
+        Counter::StackError,
+        Counter::CountMapFull,
+        Counter::NewPidRingFull,
+        Counter::KnownPidMapFull,
+    ];
+
+    /// Stable snake-case name, used in reports and metric labels.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::StackCollision => "stack_collision",
+            Counter::StackError => "stack_error",
+            Counter::CountMapFull => "count_map_full",
+            Counter::NewPidRingFull => "new_pid_ring_full",
+            Counter::KnownPidMapFull => "known_pid_map_full",
+        }
+    }
+}
+
+const _: () = assert!(Counter::ALL.len() as u32 <= COUNTER_SLOTS);

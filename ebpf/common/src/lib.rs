@@ -1,0 +1,10 @@
+//! The ABI between qprof's BPF programs and its agent.
+//!
+//! Every type that crosses the kernel boundary lives here, uses fixed-width
+//! integers, spells out its padding and pins its size with a const assert, so a
+//! change on one side that the other does not see fails the build instead of
+//! corrupting data at run time.
+#![no_std]
+
+pub mod counters;
+pub mod cpu;

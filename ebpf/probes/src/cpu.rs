@@ -1,0 +1,138 @@
+//! CPU sampling: count (pid, tid, comm, user stack, kernel stack) in the kernel.
+//!
+//! Userspace reads summaries at the end of a capture, never one event per
+//! sample. The only events are one `NewPid` record per newly seen process, so
+//! that the agent snapshots its mappings while it is still alive.
+
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    programs::{PerfEventContext, tracing::StackIdContext as _},
+};
+use qprof_common::{
+    counters::Counter,
+    cpu::{
+        CONFIG_FILTER_BY_PID, CONFIG_SLOTS, KNOWN_PIDS_CAPACITY, NEW_PIDS_RING_BYTES, NO_STACK,
+        NewPid, STACK_COUNTS_CAPACITY, STACK_TRACES_CAPACITY, StackKey, TARGET_PIDS_CAPACITY,
+    },
+};
+
+use crate::counters::bump;
+
+/// Per-CPU values: each CPU adds to its own slot without atomics (the BPF
+/// target has no `fetch_add` in `core`); userspace sums the slots.
+#[map(name = "CPU_STACK_COUNTS")]
+static CPU_STACK_COUNTS: PerCpuHashMap<StackKey, u64> =
+    PerCpuHashMap::with_max_entries(STACK_COUNTS_CAPACITY, 0);
+
+#[map(name = "CPU_STACK_TRACES")]
+static CPU_STACK_TRACES: StackTrace = StackTrace::with_max_entries(STACK_TRACES_CAPACITY, 0);
+
+#[map(name = "CPU_TARGET_PIDS")]
+static CPU_TARGET_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(TARGET_PIDS_CAPACITY, 0);
+
+#[map(name = "CPU_CONFIG")]
+static CPU_CONFIG: Array<u64> = Array::with_max_entries(CONFIG_SLOTS, 0);
+
+/// LRU so that a long host-wide capture forgets processes that are gone
+/// rather than refusing new ones.
+#[map(name = "CPU_KNOWN_PIDS")]
+static CPU_KNOWN_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(KNOWN_PIDS_CAPACITY, 0);
+
+#[map(name = "CPU_SAMPLE_TOTAL")]
+static CPU_SAMPLE_TOTAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "CPU_NEW_PIDS")]
+static CPU_NEW_PIDS: RingBuf = RingBuf::with_byte_size(NEW_PIDS_RING_BYTES, 0);
+
+/// errno of `bpf_get_stackid` when another stack owns the bucket.
+const EEXIST: i32 = 17;
+/// errno of `bpf_get_stackid` when there is no stack of that kind (a user
+/// stack for a kernel thread): not a loss.
+const EFAULT: i32 = 14;
+
+#[inline(always)]
+pub fn on_sample(ctx: &PerfEventContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    if filtered_out(pid) {
+        return;
+    }
+    if let Some(total) = CPU_SAMPLE_TOTAL.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a live per-CPU array; no preemption.
+        unsafe { *total += 1 };
+    }
+    announce_new_pid(pid);
+    let key = StackKey {
+        pid,
+        tid,
+        user_stack_id: stack_id(ctx, u64::from(BPF_F_USER_STACK)),
+        kernel_stack_id: stack_id(ctx, 0),
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    count(&key);
+}
+
+/// Pid filtering happens first so that untargeted processes cost a map
+/// lookup and nothing more.
+#[inline(always)]
+fn filtered_out(pid: u32) -> bool {
+    let filter_on = CPU_CONFIG.get(CONFIG_FILTER_BY_PID).copied().unwrap_or(0) != 0;
+    // SAFETY: the value is a plain u8 read once; concurrent updates from
+    // userspace can only flip a whole byte.
+    filter_on && unsafe { CPU_TARGET_PIDS.get(&pid) }.is_none()
+}
+
+#[inline(always)]
+fn announce_new_pid(pid: u32) {
+    // SAFETY: presence check only; the value is not read.
+    if pid == 0 || unsafe { CPU_KNOWN_PIDS.get(&pid) }.is_some() {
+        return;
+    }
+    if CPU_KNOWN_PIDS.insert(&pid, &1, u64::from(BPF_NOEXIST)).is_err() {
+        // Another CPU inserted it first (EEXIST) is fine; anything else is a loss.
+        // SAFETY: presence check only.
+        if unsafe { CPU_KNOWN_PIDS.get(&pid) }.is_none() {
+            bump(Counter::KnownPidMapFull);
+        }
+        return;
+    }
+    if CPU_NEW_PIDS.output::<NewPid>(NewPid { pid, _pad: 0 }, 0).is_err() {
+        bump(Counter::NewPidRingFull);
+    }
+}
+
+#[inline(always)]
+fn stack_id(ctx: &PerfEventContext, flags: u64) -> i32 {
+    match ctx.get_stackid(&CPU_STACK_TRACES, flags) {
+        Ok(id) => id as i32,
+        Err(err) if err == -EFAULT => NO_STACK,
+        Err(err) => {
+            bump(if err == -EEXIST { Counter::StackCollision } else { Counter::StackError });
+            NO_STACK
+        }
+    }
+}
+
+#[inline(always)]
+fn count(key: &StackKey) {
+    if let Some(value) = CPU_STACK_COUNTS.get_ptr_mut(key) {
+        // SAFETY: the pointer is this CPU's slot of a live map value; programs
+        // on one CPU do not preempt each other.
+        unsafe { *value += 1 };
+        return;
+    }
+    // EEXIST here means another CPU created the key after our lookup; the
+    // entry then exists for every CPU, so the second lookup finds our slot.
+    if CPU_STACK_COUNTS.insert(key, &1, u64::from(BPF_NOEXIST)).is_ok() {
+        return;
+    }
+    match CPU_STACK_COUNTS.get_ptr_mut(key) {
+        // SAFETY: as above.
+        Some(value) => unsafe { *value += 1 },
+        None => bump(Counter::CountMapFull),
+    }
+}
