@@ -1,0 +1,31 @@
+//! `cargo xtask bench ...`: each benchmark runs qprof and a named peer side
+//! by side in one run and reports ratios (results go to BENCHMARKS.md).
+
+mod cpu;
+mod perf_post;
+mod process;
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+#[derive(Subcommand, Clone, Copy)]
+pub enum Which {
+    /// CPU profiling: fixture slowdown and qprof's own cost vs perf.
+    Cpu {
+        /// Length of each measured window (the fixture's run, and the part of
+        /// each capture whose CPU cost is measured), in seconds.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// How many times each condition runs (interleaved; medians are
+        /// reported, since the machine is noisy).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+}
+
+pub fn run(which: &Which) -> anyhow::Result<ExitCode> {
+    match *which {
+        Which::Cpu { seconds, rounds } => cpu::run(seconds, rounds),
+    }
+}

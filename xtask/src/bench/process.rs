@@ -1,0 +1,215 @@
+//! Child processes for the benchmarks, and the CPU time they (and we) use.
+//!
+//! CPU time comes from the kernel's own accounting, never from wall clocks:
+//! `/proc/<pid>/stat` while a child runs (clock ticks, 10 ms on this kernel)
+//! and `wait4`'s rusage once it exits (the same counters, in microseconds,
+//! including every thread and everything after the last `/proc` read).
+
+use std::{
+    fs::File,
+    io::Read as _,
+    os::unix::process::ExitStatusExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// A spawned child that is killed and reaped if it is dropped before it was
+/// waited for, so that an error half-way through a benchmark leaves no
+/// tracer or fixture running.
+pub struct Running {
+    child: Option<Child>,
+    name: String,
+    log: Option<PathBuf>,
+}
+
+impl Running {
+    /// Spawns `cmd`; `log` is where its stderr goes, quoted when it fails.
+    pub fn spawn(cmd: &mut Command, name: &str, log: Option<&Path>) -> anyhow::Result<Self> {
+        if let Some(log) = log {
+            let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+            cmd.stderr(file);
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Self { child: Some(child), name: name.to_owned(), log: log.map(Path::to_path_buf) })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// The child itself, e.g. to take its stdout.
+    pub fn child_mut(&mut self) -> anyhow::Result<&mut Child> {
+        self.child.as_mut().with_context(|| format!("{} was already waited for", self.name))
+    }
+
+    /// Hands the child over (to `wait_with_output`); the guard is disarmed.
+    pub fn into_child(mut self) -> anyhow::Result<Child> {
+        self.child.take().with_context(|| format!("{} was already waited for", self.name))
+    }
+
+    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        // SAFETY: kill(2) with a pid we spawned and have not reaped yet (the
+        // guard still holds the child), so the pid cannot have been reused.
+        if unsafe { libc::kill(self.pid(), signal) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("signalling {}", self.name));
+        }
+        Ok(())
+    }
+
+    /// Fails, quoting the log, if the child has already exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        let name = self.name.clone();
+        if let Some(status) = self.child_mut()?.try_wait().with_context(|| format!("polling {name}"))? {
+            bail!("{name} exited early with {status}{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// Waits for the exit; returns the status and the child's total CPU time
+    /// (user + system, all threads) from `wait4`.
+    pub fn wait_cpu(mut self) -> anyhow::Result<(ExitStatus, Duration)> {
+        let pid = self.pid();
+        let mut status: libc::c_int = 0;
+        // SAFETY: all-zero is a valid `rusage` (plain integers).
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: wait4 on our own unreaped child, writing into the two
+            // locals above, which outlive the call.
+            let got = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
+            if got == pid {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err).with_context(|| format!("waiting for {}", self.name));
+            }
+        }
+        // Reaped: dropping the std handle now neither kills nor waits.
+        self.child = None;
+        Ok((ExitStatus::from_raw(status), timeval(usage.ru_utime) + timeval(usage.ru_stime)))
+    }
+
+    /// The last lines of the child's stderr, for error messages.
+    pub fn log_tail(&self) -> String {
+        let Some(log) = &self.log else { return String::new() };
+        let mut text = String::new();
+        if File::open(log).and_then(|mut f| f.read_to_string(&mut text)).is_err() {
+            return String::new();
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        format!("; its stderr ends:\n{}", lines[lines.len().saturating_sub(10)..].join("\n"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn timeval(tv: libc::timeval) -> Duration {
+    Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
+}
+
+/// CPU time (user + system, all threads) a live process has used so far.
+pub fn cpu_time(pid: i32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name is in parentheses and may contain anything: count
+    // fields from the last ')'. utime and stime are fields 14 and 15.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).context("no ')' in /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields.get(i).and_then(|f| f.parse().ok()).with_context(|| format!("field {} of {path}", i + 3))
+    };
+    let total = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_nanos(total * 1_000_000_000 / clock_ticks_per_second()))
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as u64 } else { 100 }
+}
+
+/// CPU time this process (every thread of it) has used so far.
+pub fn self_cpu() -> anyhow::Result<Duration> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the local above.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &raw mut ts) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading this process's CPU time");
+    }
+    Ok(Duration::from_secs(ts.tv_sec as u64) + Duration::from_nanos(ts.tv_nsec as u64))
+}
+
+/// Online CPUs: both tracers sample every one of them.
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf only reads a value.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 { n as usize } else { 1 }
+}
+
+/// How many `perf_event` file descriptors a process holds.
+fn perf_event_fds(pid: i32) -> usize {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    dir.filter_map(Result::ok)
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[perf_event]"))
+        .count()
+}
+
+/// Waits until a tracer is sampling: it holds a `perf_event` descriptor per
+/// CPU (both qprof and perf open one per CPU when they attach), and its
+/// start-up work (BPF verification, perf's synthesis of existing
+/// processes) is over: at most one clock tick of CPU in half a second.
+/// Neither tool announces readiness, so this is what "started" means.
+pub fn wait_ready(tracer: &mut Running, cpus: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while perf_event_fds(tracer.pid()) < cpus {
+        tracer.check_alive()?;
+        if Instant::now() > deadline {
+            bail!("{} did not open its perf events within 2 minutes{}", tracer.name, tracer.log_tail());
+        }
+        sleep(Duration::from_millis(20));
+    }
+    let settle_by = Instant::now() + Duration::from_secs(10);
+    let tick = Duration::from_nanos(1_000_000_000 / clock_ticks_per_second());
+    let mut before = cpu_time(tracer.pid())?;
+    loop {
+        sleep(Duration::from_millis(500));
+        tracer.check_alive()?;
+        let now = cpu_time(tracer.pid())?;
+        if now.saturating_sub(before) <= tick || Instant::now() > settle_by {
+            return Ok(());
+        }
+        before = now;
+    }
+}
+
+/// A scratch directory, removed with everything in it when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn create(tag: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("qprof-bench-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

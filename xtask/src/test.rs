@@ -1,0 +1,51 @@
+//! `cargo xtask test`: set-up, test dependencies, then every test.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::bail;
+
+use crate::{
+    setup,
+    util::{self, on_path, run_cmd},
+};
+
+/// Debian packages the tests use, each with the program that proves it is
+/// installed: the reference tools qprof's output is checked against.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("golang-go", "go"),  // `go tool pprof` reads every profile qprof writes
+    ("linux-perf", "perf"),
+    ("gcc", "gcc"),       // builds the fixture programs with frame pointers
+    ("util-linux", "setpriv"), // runs qprof without privileges in a bad-input test
+];
+
+pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
+    if !util::is_root() {
+        bail!("the end-to-end tests load BPF programs: run as root (sudo -E cargo xtask test)");
+    }
+    setup::ensure_build_tools()?;
+    setup::check_kernel();
+    install_test_packages()?;
+    let qprof = util::build_qprof()?;
+    let root = util::workspace_root();
+    let mut cmd = Command::new(util::cargo());
+    cmd.current_dir(&root).args(["test", "--workspace"]).args(args).env("QPROF_BIN", &qprof);
+    run_cmd(&mut cmd)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// apt-get only what is missing; nothing at all when everything is there.
+pub fn install_test_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> =
+        TEST_PACKAGES.iter().filter(|(_, prog)| !on_path(prog)).map(|(pkg, _)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("test: installing {}", missing.join(" "));
+    run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
