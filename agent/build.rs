@@ -20,7 +20,11 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("qprof-probes manifest has no parent directory"))?;
     aya_build::build_ebpf(
-        [Package { name: "qprof-probes", root_dir: root.as_str(), ..Default::default() }],
+        [Package {
+            name: "qprof-probes",
+            root_dir: root.as_str(),
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

@@ -7,10 +7,15 @@ use qprof_e2e::{TempDir, assert_fails_with, qprof_bin, require_root, run_qprof, 
 
 /// A pid that no process has: a reaped child's pid, checked to be free.
 fn dead_pid() -> u32 {
-    let mut child = Command::new("true").spawn().unwrap_or_else(|e| panic!("spawn true: {e}"));
+    let mut child = Command::new("true")
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn true: {e}"));
     let pid = child.id();
     let _ = child.wait();
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} reused already");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "pid {pid} reused already"
+    );
     pid
 }
 
@@ -19,18 +24,36 @@ fn dead_pid() -> u32 {
 fn nonexistent_pid() {
     require_root();
     let pid = dead_pid().to_string();
-    let out = run_qprof(&["record", "cpu", "--pid", &pid, "--duration", "1s", "-o", "/tmp/qprof-never.pb.gz"]);
+    let out = run_qprof(&[
+        "record",
+        "cpu",
+        "--pid",
+        &pid,
+        "--duration",
+        "1s",
+        "-o",
+        "/tmp/qprof-never.pb.gz",
+    ]);
     assert_fails_with(&out, &format!("no process with pid {pid}"));
-    assert_fails_with(&run_qprof(&["record", "cpu", "--pid", "abc"]), "invalid pid 'abc'");
-    assert_fails_with(&run_qprof(&["record", "cpu", "--pid", "0"]), "invalid pid '0'");
+    assert_fails_with(
+        &run_qprof(&["record", "cpu", "--pid", "abc"]),
+        "invalid pid 'abc'",
+    );
+    assert_fails_with(
+        &run_qprof(&["record", "cpu", "--pid", "0"]),
+        "invalid pid '0'",
+    );
 }
 
-/// --hz 0, non-numeric, and above the kernel's perf_event_max_sample_rate.
+/// `--hz 0`, non-numeric, and above the kernel's `perf_event_max_sample_rate`.
 #[test]
 fn bad_sampling_rates() {
     require_root();
     assert_fails_with(&run_qprof(&["record", "cpu", "--hz", "0"]), "at least 1");
-    assert_fails_with(&run_qprof(&["record", "cpu", "--hz", "lots"]), "invalid --hz 'lots'");
+    assert_fails_with(
+        &run_qprof(&["record", "cpu", "--hz", "lots"]),
+        "invalid --hz 'lots'",
+    );
     let max: u64 = std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -38,9 +61,21 @@ fn bad_sampling_rates() {
     let above = (max + 1).to_string();
     let dir = TempDir::new("hz");
     let out = dir.join("x.pb.gz");
-    let run = run_qprof(&["record", "cpu", "--hz", &above, "--duration", "1s", "-o", out.to_str().unwrap_or_default()]);
+    let run = run_qprof(&[
+        "record",
+        "cpu",
+        "--hz",
+        &above,
+        "--duration",
+        "1s",
+        "-o",
+        out.to_str().unwrap_or_default(),
+    ]);
     assert_fails_with(&run, &format!("above the kernel's limit of {max}"));
-    assert!(!out.exists(), "no profile may be written when validation fails");
+    assert!(
+        !out.exists(),
+        "no profile may be written when validation fails"
+    );
 }
 
 /// Duration 0, unparsable, and unknown units.
@@ -59,21 +94,63 @@ fn bad_durations() {
 fn bad_output_paths() {
     require_root();
     let started = std::time::Instant::now();
-    let run = run_qprof(&["record", "cpu", "--duration", "30s", "-o", "/nonexistent-qprof-dir/cpu.pb.gz"]);
+    let run = run_qprof(&[
+        "record",
+        "cpu",
+        "--duration",
+        "30s",
+        "-o",
+        "/nonexistent-qprof-dir/cpu.pb.gz",
+    ]);
     assert_fails_with(&run, "/nonexistent-qprof-dir does not exist");
     // /proc refuses new files even for root.
-    let run = run_qprof(&["record", "cpu", "--duration", "30s", "-o", "/proc/qprof-cpu.pb.gz"]);
+    let run = run_qprof(&[
+        "record",
+        "cpu",
+        "--duration",
+        "30s",
+        "-o",
+        "/proc/qprof-cpu.pb.gz",
+    ]);
     assert_fails_with(&run, "/proc is not writable");
     let dir = TempDir::new("outs");
     let ok = dir.join("ok.pb.gz");
     let ok = ok.to_str().unwrap_or_default();
-    let run = run_qprof(&["record", "cpu", "--duration", "30s", "-o", ok, "--svg", "/nonexistent-qprof-dir/x.svg"]);
+    let run = run_qprof(&[
+        "record",
+        "cpu",
+        "--duration",
+        "30s",
+        "-o",
+        ok,
+        "--svg",
+        "/nonexistent-qprof-dir/x.svg",
+    ]);
     assert_fails_with(&run, "/nonexistent-qprof-dir does not exist");
-    let run = run_qprof(&["record", "cpu", "--duration", "30s", "-o", ok, "--folded", "/proc/x.folded"]);
+    let run = run_qprof(&[
+        "record",
+        "cpu",
+        "--duration",
+        "30s",
+        "-o",
+        ok,
+        "--folded",
+        "/proc/x.folded",
+    ]);
     assert_fails_with(&run, "/proc is not writable");
-    let run = run_qprof(&["record", "cpu", "--duration", "30s", "-o", dir.path().to_str().unwrap_or_default()]);
+    let run = run_qprof(&[
+        "record",
+        "cpu",
+        "--duration",
+        "30s",
+        "-o",
+        dir.path().to_str().unwrap_or_default(),
+    ]);
     assert_fails_with(&run, "is a directory");
-    assert!(started.elapsed() < Duration::from_secs(20), "validation should fail before sampling");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "validation should fail before sampling"
+    );
 }
 
 /// Without root (as nobody, no capabilities) the error names the missing
@@ -83,15 +160,28 @@ fn unprivileged_run_names_capabilities() {
     require_root();
     // Copy the binary somewhere nobody can execute it from.
     let dir = TempDir::new("nopriv");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap_or_default();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_default();
     let bin = dir.join("qprof");
     std::fs::copy(qprof_bin(), &bin).unwrap_or_else(|e| panic!("copying qprof: {e}"));
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap_or_default();
     let out = run_with_timeout(
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
             .arg(&bin)
-            .args(["record", "cpu", "--duration", "1s", "-o", "/tmp/qprof-nobody.pb.gz"]),
+            .args([
+                "record",
+                "cpu",
+                "--duration",
+                "1s",
+                "-o",
+                "/tmp/qprof-nobody.pb.gz",
+            ]),
         Duration::from_secs(30),
     );
     assert_fails_with(&out, "CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN");
@@ -109,11 +199,18 @@ fn flamegraph_bad_files() {
         f.write_all(bytes).unwrap_or_else(|e| panic!("write: {e}"));
         path.to_string_lossy().into_owned()
     };
-    let go = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/tests/data/go-cpu.pb.gz");
+    let go = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../profiles/tests/data/go-cpu.pb.gz");
     let good = std::fs::read(&go).unwrap_or_else(|e| panic!("reading {}: {e}", go.display()));
     let cases = [
         (write("empty.pb.gz", b""), "empty"),
-        (write("random.pb.gz", b"\x07\x93garbage that is not protobuf at all \xff\xfe"), "not a readable pprof profile"),
+        (
+            write(
+                "random.pb.gz",
+                b"\x07\x93garbage that is not protobuf at all \xff\xfe",
+            ),
+            "not a readable pprof profile",
+        ),
         (write("truncated.pb.gz", &good[..good.len() / 2]), "gzip"),
     ];
     for (path, needle) in &cases {
@@ -121,10 +218,23 @@ fn flamegraph_bad_files() {
         let out = run_qprof(&["flamegraph", path, "-o", &svg]);
         assert_fails_with(&out, needle);
         assert_fails_with(&out, "not a readable pprof profile");
-        assert!(!std::path::Path::new(&svg).exists(), "an SVG was written for {path}");
+        assert!(
+            !std::path::Path::new(&svg).exists(),
+            "an SVG was written for {path}"
+        );
     }
     let missing = dir.join("missing.pb.gz");
-    assert_fails_with(&run_qprof(&["flamegraph", missing.to_str().unwrap_or_default()]), "missing.pb.gz");
-    let out = run_qprof(&["flamegraph", go.to_str().unwrap_or_default(), "-o", &dir.join("x.svg").to_string_lossy(), "--sample-type", "bogus"]);
+    assert_fails_with(
+        &run_qprof(&["flamegraph", missing.to_str().unwrap_or_default()]),
+        "missing.pb.gz",
+    );
+    let out = run_qprof(&[
+        "flamegraph",
+        go.to_str().unwrap_or_default(),
+        "-o",
+        &dir.join("x.svg").to_string_lossy(),
+        "--sample-type",
+        "bogus",
+    ]);
     assert_fails_with(&out, "no sample type 'bogus'");
 }

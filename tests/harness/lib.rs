@@ -2,6 +2,10 @@
 //! binary, building fixtures, temporary directories and children that are
 //! cleaned up even when a test fails, and the reference readers (`go tool
 //! pprof`) that qprof's outputs are checked against.
+#![expect(
+    clippy::missing_panics_doc,
+    reason = "a test harness fails tests by panicking"
+)]
 
 pub mod pprof_tool;
 
@@ -20,7 +24,11 @@ pub fn qprof_bin() -> PathBuf {
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/qprof"),
         PathBuf::from,
     );
-    assert!(path.is_file(), "qprof binary not found at {} (run `cargo xtask test`)", path.display());
+    assert!(
+        path.is_file(),
+        "qprof binary not found at {} (run `cargo xtask test`)",
+        path.display()
+    );
     path
 }
 
@@ -28,7 +36,10 @@ pub fn qprof_bin() -> PathBuf {
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "end-to-end tests load BPF programs and must run as root (cargo xtask test)");
+    assert_eq!(
+        euid, 0,
+        "end-to-end tests load BPF programs and must run as root (cargo xtask test)"
+    );
 }
 
 /// A temporary directory removed on drop.
@@ -40,8 +51,10 @@ impl TempDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!("qprof-e2e-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        let path =
+            std::env::temp_dir().join(format!("qprof-e2e-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
         Self(path)
     }
 
@@ -83,7 +96,9 @@ impl Drop for ChildGuard {
 /// Compiles `tests/fixtures/<name>.c` with frame pointers into `dir`.
 #[must_use]
 pub fn build_fixture(name: &str, dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(format!("{name}.c"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(format!("{name}.c"));
     let out = dir.join(name);
     let status = Command::new("gcc")
         .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
@@ -107,14 +122,18 @@ pub fn start_fixture(bin: &Path, args: &[&str]) -> ChildGuard {
     let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
     let mut line = String::new();
     let _ = BufReader::new(stdout).read_line(&mut line);
-    assert!(line.starts_with("ready"), "fixture {} did not start: {line:?}", bin.display());
+    assert!(
+        line.starts_with("ready"),
+        "fixture {} did not start: {line:?}",
+        bin.display()
+    );
     ChildGuard(child)
 }
 
 /// Runs qprof to completion with a generous timeout.
 #[must_use]
 pub fn run_qprof(args: &[&str]) -> Output {
-    run_with_timeout(Command::new(qprof_bin()).args(args), Duration::from_secs(120))
+    run_with_timeout(Command::new(qprof_bin()).args(args), Duration::from_mins(2))
 }
 
 /// Runs a command, killing it if it outlives `timeout`.
@@ -137,7 +156,9 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         // SAFETY: plain kill(2) on a pid we spawned; at worst ESRCH.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     });
-    let output = child.wait_with_output().unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"));
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"));
     let _ = watchdog.join();
     output
 }
@@ -151,8 +172,15 @@ pub fn stderr(output: &Output) -> String {
 /// Asserts a clean failure: non-zero exit, no panic, and `needle` in stderr.
 pub fn assert_fails_with(output: &Output, needle: &str) {
     let err = stderr(output);
-    assert!(!output.status.success(), "expected failure, got success; stderr: {err}");
-    assert_eq!(output.status.code(), output.status.code().filter(|c| *c != 101), "panicked: {err}");
+    assert!(
+        !output.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert_eq!(
+        output.status.code(),
+        output.status.code().filter(|c| *c != 101),
+        "panicked: {err}"
+    );
     assert!(!err.contains("panicked"), "qprof panicked: {err}");
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
 }

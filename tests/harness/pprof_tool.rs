@@ -33,7 +33,9 @@ pub fn flat_by_function(top_output: &str) -> HashMap<String, f64> {
         if cols.len() < 6 || !cols[1].ends_with('%') || !cols[4].ends_with('%') {
             continue;
         }
-        let Some(value) = parse_value(cols[0]) else { continue };
+        let Some(value) = parse_value(cols[0]) else {
+            continue;
+        };
         let name = cols[5..].join(" ");
         *flat.entry(name).or_insert(0.0) += value;
     }
@@ -42,12 +44,13 @@ pub fn flat_by_function(top_output: &str) -> HashMap<String, f64> {
 
 /// "123", "1.5s", "20ms" -> a number (seconds for time units).
 fn parse_value(text: &str) -> Option<f64> {
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
     let n: f64 = num.parse().ok()?;
     let scale = match unit {
-        "" => 1.0,
-        "s" => 1.0,
+        "" | "s" => 1.0,
         "ms" => 1e-3,
         "us" => 1e-6,
         "ns" => 1e-9,

@@ -15,7 +15,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "qprof's set-up, build, run, test and bench commands")]
+#[command(
+    name = "xtask",
+    about = "qprof's set-up, build, run, test and bench commands"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -25,7 +25,13 @@ pub fn ensure_build_tools() -> anyhow::Result<()> {
     let sysroot = nightly_sysroot()?;
     if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
         eprintln!("setup: adding rust-src to the nightly toolchain");
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     if !bpf_linker_ok() {
         install_bpf_linker(&sysroot)?;
@@ -51,7 +57,9 @@ fn bpf_linker_ok() -> bool {
     Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
 }
 
 /// Builds bpf-linker against the libLLVM that ships inside the nightly
@@ -63,7 +71,10 @@ fn install_bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
         .context("listing the nightly's lib directory")?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
         .context("the nightly toolchain ships no libLLVM.so.* to build bpf-linker against")?;
     let prefix = llvm_prefix()?;
     let lib_dir = prefix.join("lib");
@@ -72,12 +83,22 @@ fn install_bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
     for name in [Path::new("libLLVM.so"), Path::new(file_name)] {
         let link = lib_dir.join(name);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&lib, &link).with_context(|| format!("linking {}", link.display()))?;
+        std::os::unix::fs::symlink(&lib, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)", lib.display());
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)",
+        lib.display()
+    );
     run_cmd(
         Command::new("cargo")
-            .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", &prefix),
     )?;
@@ -90,7 +111,9 @@ fn install_bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
 fn llvm_prefix() -> anyhow::Result<PathBuf> {
     let base = match std::env::var_os("XDG_DATA_HOME") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".local/share"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".local/share")
+        }
     };
     Ok(base.join("qprof/llvm-22"))
 }
@@ -99,10 +122,14 @@ fn llvm_prefix() -> anyhow::Result<PathBuf> {
 /// refuses to start with a clear message).
 pub fn check_kernel() {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("setup: WARNING: no kernel BTF (/sys/kernel/btf/vmlinux); qprof needs Linux >= 5.15 with BTF");
+        eprintln!(
+            "setup: WARNING: no kernel BTF (/sys/kernel/btf/vmlinux); qprof needs Linux >= 5.15 with BTF"
+        );
     }
     if !Path::new("/sys/kernel/tracing/events").is_dir() {
-        eprintln!("setup: tracefs is not mounted at /sys/kernel/tracing; qprof mounts it when run as root");
+        eprintln!(
+            "setup: tracefs is not mounted at /sys/kernel/tracing; qprof mounts it when run as root"
+        );
     }
     if !on_path("bpf-linker") {
         eprintln!("setup: WARNING: bpf-linker is not on PATH (add ~/.cargo/bin)");

@@ -12,9 +12,9 @@ use crate::{
 /// Debian packages the tests use, each with the program that proves it is
 /// installed: the reference tools qprof's output is checked against.
 const TEST_PACKAGES: &[(&str, &str)] = &[
-    ("golang-go", "go"),  // `go tool pprof` reads every profile qprof writes
+    ("golang-go", "go"), // `go tool pprof` reads every profile qprof writes
     ("linux-perf", "perf"),
-    ("gcc", "gcc"),       // builds the fixture programs with frame pointers
+    ("gcc", "gcc"),            // builds the fixture programs with frame pointers
     ("util-linux", "setpriv"), // runs qprof without privileges in a bad-input test
 ];
 
@@ -28,15 +28,21 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     let qprof = util::build_qprof()?;
     let root = util::workspace_root();
     let mut cmd = Command::new(util::cargo());
-    cmd.current_dir(&root).args(["test", "--workspace"]).args(args).env("QPROF_BIN", &qprof);
+    cmd.current_dir(&root)
+        .args(["test", "--workspace"])
+        .args(args)
+        .env("QPROF_BIN", &qprof);
     run_cmd(&mut cmd)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// apt-get only what is missing; nothing at all when everything is there.
 pub fn install_test_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> =
-        TEST_PACKAGES.iter().filter(|(_, prog)| !on_path(prog)).map(|(pkg, _)| *pkg).collect();
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(_, prog)| !on_path(prog))
+        .map(|(pkg, _)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -9,7 +9,9 @@ use anyhow::{Context as _, bail};
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// Runs a command, failing with its command line when it fails.
@@ -43,7 +45,11 @@ pub fn is_root() -> bool {
 /// Builds qprof in release mode and returns the binary's path.
 pub fn build_qprof() -> anyhow::Result<PathBuf> {
     let root = workspace_root();
-    run_cmd(Command::new(cargo()).current_dir(&root).args(["build", "--release", "-p", "qprof"]))?;
+    run_cmd(
+        Command::new(cargo())
+            .current_dir(&root)
+            .args(["build", "--release", "-p", "qprof"]),
+    )?;
     Ok(root.join("target/release/qprof"))
 }
 

@@ -27,13 +27,18 @@ pub struct StackCounts {
 
 impl StackCounts {
     pub fn add(&mut self, stack: RawStack) {
-        let id = (stack.pid, stack.tid, stack.comm.clone(), stack.user.clone(), stack.kernel.clone());
-        match self.index.get(&id) {
-            Some(&i) => self.stacks[i].count += stack.count,
-            None => {
-                self.index.insert(id, self.stacks.len());
-                self.stacks.push(stack);
-            }
+        let id = (
+            stack.pid,
+            stack.tid,
+            stack.comm.clone(),
+            stack.user.clone(),
+            stack.kernel.clone(),
+        );
+        if let Some(&i) = self.index.get(&id) {
+            self.stacks[i].count += stack.count;
+        } else {
+            self.index.insert(id, self.stacks.len());
+            self.stacks.push(stack);
         }
     }
 
@@ -64,7 +69,14 @@ mod tests {
     use super::*;
 
     fn stack(pid: u32, user: &[u64], count: u64) -> RawStack {
-        RawStack { pid, tid: pid, comm: "w".into(), user: user.to_vec(), kernel: vec![], count }
+        RawStack {
+            pid,
+            tid: pid,
+            comm: "w".into(),
+            user: user.to_vec(),
+            kernel: vec![],
+            count,
+        }
     }
 
     /// Identical stacks merge and their counts add; different ones do not.

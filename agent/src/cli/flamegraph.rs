@@ -8,22 +8,37 @@ use super::FlamegraphArgs;
 use crate::export::files;
 
 pub fn run(args: &FlamegraphArgs) -> anyhow::Result<()> {
-    let output = args.output.clone().unwrap_or_else(|| default_output(&args.input));
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(&args.input));
     files::check_writable(&output)?;
-    let bytes = std::fs::read(&args.input)
-        .with_context(|| format!("reading {}", args.input.display()))?;
+    let bytes =
+        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     let profile = profiles::pprof::decode(&bytes)
         .with_context(|| format!("{} is not a readable pprof profile", args.input.display()))?;
     let wanted = args.sample_type.clone().unwrap_or_else(|| {
         if profile.default_sample_type.is_empty() {
-            profile.sample_types.last().map(|t| t.r#type.clone()).unwrap_or_default()
+            profile
+                .sample_types
+                .last()
+                .map(|t| t.r#type.clone())
+                .unwrap_or_default()
         } else {
             profile.default_sample_type.clone()
         }
     });
     let index = profile.sample_type_index(&wanted).ok_or_else(|| {
-        let known: Vec<&str> = profile.sample_types.iter().map(|t| t.r#type.as_str()).collect();
-        anyhow!("no sample type '{wanted}' in {}; it has: {}", args.input.display(), known.join(", "))
+        let known: Vec<&str> = profile
+            .sample_types
+            .iter()
+            .map(|t| t.r#type.as_str())
+            .collect();
+        anyhow!(
+            "no sample type '{wanted}' in {}; it has: {}",
+            args.input.display(),
+            known.join(", ")
+        )
     })?;
     let title = format!("{} ({wanted})", args.input.display());
     let mut svg = Vec::new();
@@ -36,7 +51,10 @@ pub fn run(args: &FlamegraphArgs) -> anyhow::Result<()> {
 
 /// `cpu.pb.gz` -> `cpu.svg`, `x.pb` -> `x.svg`, anything else gets `.svg` appended.
 fn default_output(input: &std::path::Path) -> PathBuf {
-    let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let stem = name
         .strip_suffix(".pb.gz")
         .or_else(|| name.strip_suffix(".pb"))

@@ -14,13 +14,19 @@ impl Progress {
     /// Enabled only when both stdout and stderr are terminals.
     #[must_use]
     pub fn new() -> Self {
-        Self { enabled: std::io::stdout().is_terminal() && std::io::stderr().is_terminal() }
+        Self {
+            enabled: std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
+        }
     }
 
     pub fn update(&self, left: Duration, samples: u64) {
         if self.enabled {
             let mut err = std::io::stderr();
-            let _ = write!(err, "\rsampling: {:>5.1}s left, {samples} samples   ", left.as_secs_f64());
+            let _ = write!(
+                err,
+                "\rsampling: {:>5.1}s left, {samples} samples   ",
+                left.as_secs_f64()
+            );
             let _ = err.flush();
         }
     }

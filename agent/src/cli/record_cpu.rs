@@ -31,7 +31,10 @@ pub fn run(args: &RecordCpuArgs) -> anyhow::Result<()> {
     let started_at = SystemTime::now();
     let (capture, elapsed, interrupted) = runtime.block_on(sample(args))?;
     if interrupted {
-        eprintln!("qprof: interrupted after {:.1}s; writing what was collected", elapsed.as_secs_f64());
+        eprintln!(
+            "qprof: interrupted after {:.1}s; writing what was collected",
+            elapsed.as_secs_f64()
+        );
     }
     write_outputs(args, &capture, started_at, elapsed)
 }
@@ -47,9 +50,15 @@ fn validate(args: &RecordCpuArgs) -> anyhow::Result<()> {
     if let Some(max) = values::max_sample_rate()
         && args.hz > max
     {
-        bail!("--hz {} is above the kernel's limit of {max} (kernel.perf_event_max_sample_rate)", args.hz);
+        bail!(
+            "--hz {} is above the kernel's limit of {max} (kernel.perf_event_max_sample_rate)",
+            args.hz
+        );
     }
-    for path in [Some(&args.output), args.svg.as_ref(), args.folded.as_ref()].into_iter().flatten() {
+    for path in [Some(&args.output), args.svg.as_ref(), args.folded.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         files::check_writable(path)?;
     }
     preflight::check_capabilities()?;
@@ -61,7 +70,10 @@ fn validate(args: &RecordCpuArgs) -> anyhow::Result<()> {
 }
 
 async fn sample(args: &RecordCpuArgs) -> anyhow::Result<(CpuCapture, Duration, bool)> {
-    let config = CpuConfig { hz: args.hz, pids: args.pids.clone() };
+    let config = CpuConfig {
+        hz: args.hz,
+        pids: args.pids.clone(),
+    };
     let mut sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
     let start = Instant::now();
     let deadline = start + args.duration;
@@ -83,7 +95,9 @@ async fn sample(args: &RecordCpuArgs) -> anyhow::Result<(CpuCapture, Duration, b
     }
     progress.finish();
     let elapsed = start.elapsed();
-    let capture = sampler.finish().context("reading the capture out of the kernel")?;
+    let capture = sampler
+        .finish()
+        .context("reading the capture out of the kernel")?;
     Ok((capture, elapsed, interrupted))
 }
 
@@ -110,10 +124,19 @@ fn write_outputs(
     let period = 1_000_000_000 / args.hz as i64;
     let shape = ProfileShape {
         sample_types: vec![
-            ValueType { r#type: "samples".into(), unit: "count".into() },
-            ValueType { r#type: "cpu".into(), unit: "nanoseconds".into() },
+            ValueType {
+                r#type: "samples".into(),
+                unit: "count".into(),
+            },
+            ValueType {
+                r#type: "cpu".into(),
+                unit: "nanoseconds".into(),
+            },
         ],
-        period_type: ValueType { r#type: "cpu".into(), unit: "nanoseconds".into() },
+        period_type: ValueType {
+            r#type: "cpu".into(),
+            unit: "nanoseconds".into(),
+        },
         period,
         time_nanos: started_at
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -128,7 +151,10 @@ fn write_outputs(
         let mut svg = Vec::new();
         match profiles::flamegraph::render_svg(&profile, cpu_index, "qprof: CPU", &mut svg) {
             Ok(()) => files::write_private(svg_path, &svg)?,
-            Err(err) => eprintln!("qprof: no flamegraph written to {}: {err}", svg_path.display()),
+            Err(err) => eprintln!(
+                "qprof: no flamegraph written to {}: {err}",
+                svg_path.display()
+            ),
         }
     }
     if let Some(folded_path) = &args.folded {
@@ -152,7 +178,11 @@ fn summarize(args: &RecordCpuArgs, capture: &CpuCapture) {
         eprintln!("qprof: no samples: the target did not run on a CPU during the capture");
     }
     if !capture.drops.is_empty() {
-        let lost: Vec<String> = capture.drops.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        let lost: Vec<String> = capture
+            .drops
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
         eprintln!(
             "qprof: of {} samples taken, some were degraded or lost: {}",
             capture.total_samples,

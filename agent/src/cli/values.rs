@@ -6,9 +6,13 @@ use std::time::Duration;
 /// `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds; must be > 0.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let bad = || format!("invalid duration '{text}': expected a number and a unit (ms, s, m, h), e.g. 10s");
+    let bad = || {
+        format!("invalid duration '{text}': expected a number and a unit (ms, s, m, h), e.g. 10s")
+    };
     let value: f64 = number.parse().map_err(|_| bad())?;
     let scale = match unit.trim() {
         "ms" => 1e-3,
@@ -41,13 +45,20 @@ pub fn parse_hz(text: &str) -> Result<u64, String> {
     match text.trim().parse::<u64>() {
         Ok(0) => Err("invalid --hz 0: the sampling rate must be at least 1".to_owned()),
         Ok(hz) => Ok(hz),
-        Err(_) => Err(format!("invalid --hz '{text}': expected a positive integer")),
+        Err(_) => Err(format!(
+            "invalid --hz '{text}': expected a positive integer"
+        )),
     }
 }
 
 /// The kernel's limit on sampling rates (`kernel.perf_event_max_sample_rate`).
+#[must_use]
 pub fn max_sample_rate() -> Option<u64> {
-    std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate").ok()?.trim().parse().ok()
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -59,8 +70,8 @@ mod tests {
     fn durations_parse() {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_mins(2)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_hours(1)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
     }

@@ -13,11 +13,18 @@ pub enum FileError {
     #[error("output directory {dir} does not exist (for {path})")]
     MissingDir { dir: PathBuf, path: PathBuf },
     #[error("output directory {dir} is not writable (for {path}): {source}")]
-    Unwritable { dir: PathBuf, path: PathBuf, source: std::io::Error },
+    Unwritable {
+        dir: PathBuf,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is a directory, not a file path")]
     IsDir { path: PathBuf },
     #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn parent_dir(path: &Path) -> PathBuf {
@@ -28,7 +35,10 @@ fn parent_dir(path: &Path) -> PathBuf {
 }
 
 fn temp_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     parent_dir(path).join(format!(".{name}.qprof-{}.tmp", std::process::id()))
 }
 
@@ -38,30 +48,53 @@ fn temp_name(path: &Path) -> PathBuf {
 pub fn check_writable(path: &Path) -> Result<(), FileError> {
     let dir = parent_dir(path);
     if path.is_dir() {
-        return Err(FileError::IsDir { path: path.to_path_buf() });
+        return Err(FileError::IsDir {
+            path: path.to_path_buf(),
+        });
     }
     if !dir.is_dir() {
-        return Err(FileError::MissingDir { dir, path: path.to_path_buf() });
+        return Err(FileError::MissingDir {
+            dir,
+            path: path.to_path_buf(),
+        });
     }
     let probe = temp_name(path);
-    let created = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&probe);
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe);
     match created {
         Ok(_) => {
             let _ = std::fs::remove_file(&probe);
             Ok(())
         }
-        Err(source) => Err(FileError::Unwritable { dir, path: path.to_path_buf(), source }),
+        Err(source) => Err(FileError::Unwritable {
+            dir,
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
 /// Writes `bytes` to `path` with mode 0600 (profiles reveal code paths and
 /// process names), via a temp file and a rename.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
-    let err = |source| FileError::Write { path: path.to_path_buf(), source };
+    let err = |source| FileError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let tmp = temp_name(path);
-    let mut file =
-        OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(err)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(err)?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         err(e)
@@ -85,7 +118,11 @@ mod tests {
     #[test]
     fn missing_dir_is_reported() {
         let err = check_writable(Path::new("/nonexistent-qprof/x/cpu.pb.gz")).expect_err("missing");
-        assert!(err.to_string().contains("/nonexistent-qprof/x does not exist"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("/nonexistent-qprof/x does not exist"),
+            "{err}"
+        );
     }
 
     /// A directory given as the output file is refused.

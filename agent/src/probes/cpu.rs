@@ -6,7 +6,9 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
         PerfEvent,
-        perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
+        perf_event::{
+            PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+        },
     },
 };
 use qprof_common::{
@@ -68,19 +70,26 @@ impl CpuSampler {
         let mut ebpf = load_object()?;
         if !config.pids.is_empty() {
             let mut targets: HashMap<_, u32, u8> = HashMap::try_from(
-                ebpf.map_mut(MAP_TARGET_PIDS).ok_or_else(|| missing_map(MAP_TARGET_PIDS))?,
+                ebpf.map_mut(MAP_TARGET_PIDS)
+                    .ok_or_else(|| missing_map(MAP_TARGET_PIDS))?,
             )
             .map_err(map_err(MAP_TARGET_PIDS))?;
             for pid in &config.pids {
-                targets.insert(pid, 1, 0).map_err(map_err(MAP_TARGET_PIDS))?;
+                targets
+                    .insert(pid, 1, 0)
+                    .map_err(map_err(MAP_TARGET_PIDS))?;
             }
-            let mut cfg: Array<_, u64> =
-                Array::try_from(ebpf.map_mut(MAP_CONFIG).ok_or_else(|| missing_map(MAP_CONFIG))?)
-                    .map_err(map_err(MAP_CONFIG))?;
-            cfg.set(CONFIG_FILTER_BY_PID, 1, 0).map_err(map_err(MAP_CONFIG))?;
+            let mut cfg: Array<_, u64> = Array::try_from(
+                ebpf.map_mut(MAP_CONFIG)
+                    .ok_or_else(|| missing_map(MAP_CONFIG))?,
+            )
+            .map_err(map_err(MAP_CONFIG))?;
+            cfg.set(CONFIG_FILTER_BY_PID, 1, 0)
+                .map_err(map_err(MAP_CONFIG))?;
         }
         let new_pids = RingBuf::try_from(
-            ebpf.take_map(MAP_NEW_PIDS).ok_or_else(|| missing_map(MAP_NEW_PIDS))?,
+            ebpf.take_map(MAP_NEW_PIDS)
+                .ok_or_else(|| missing_map(MAP_NEW_PIDS))?,
         )
         .map_err(map_err(MAP_NEW_PIDS))?;
         let links = attach(&mut ebpf, config.hz)?;
@@ -88,7 +97,12 @@ impl CpuSampler {
         for &pid in &config.pids {
             maps.snapshot(pid);
         }
-        Ok(Self { ebpf, links, new_pids, maps })
+        Ok(Self {
+            ebpf,
+            links,
+            new_pids,
+            maps,
+        })
     }
 
     /// Snapshots the mappings of processes the kernel has just seen for the
@@ -109,10 +123,16 @@ impl CpuSampler {
     /// Samples taken so far (cheap: one per-CPU array lookup).
     pub fn samples_so_far(&self) -> Result<u64, ProbeError> {
         let totals: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf.map(MAP_SAMPLE_TOTAL).ok_or_else(|| missing_map(MAP_SAMPLE_TOTAL))?,
+            self.ebpf
+                .map(MAP_SAMPLE_TOTAL)
+                .ok_or_else(|| missing_map(MAP_SAMPLE_TOTAL))?,
         )
         .map_err(map_err(MAP_SAMPLE_TOTAL))?;
-        Ok(totals.get(&0, 0).map_err(map_err(MAP_SAMPLE_TOTAL))?.iter().sum())
+        Ok(totals
+            .get(&0, 0)
+            .map_err(map_err(MAP_SAMPLE_TOTAL))?
+            .iter()
+            .sum())
     }
 
     /// Stops sampling and reads everything out of the kernel.
@@ -128,25 +148,37 @@ impl CpuSampler {
         let total_samples = self.samples_so_far()?;
         let drops = self.drop_counters()?;
         let stacks = self.read_stacks()?;
-        Ok(CpuCapture { stacks, maps: self.maps, total_samples, drops })
+        Ok(CpuCapture {
+            stacks,
+            maps: self.maps,
+            total_samples,
+            drops,
+        })
     }
 
     fn detach(&mut self) -> Result<(), ProbeError> {
         let program: &mut PerfEvent = program(&mut self.ebpf)?;
         for link in self.links.drain(..) {
-            program.detach(link).map_err(|source| ProbeError::Program { name: PROGRAM, source })?;
+            program.detach(link).map_err(|source| ProbeError::Program {
+                name: PROGRAM,
+                source,
+            })?;
         }
         Ok(())
     }
 
     fn drop_counters(&self) -> Result<Vec<(&'static str, u64)>, ProbeError> {
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf.map(MAP_DROP_COUNTERS).ok_or_else(|| missing_map(MAP_DROP_COUNTERS))?,
+            self.ebpf
+                .map(MAP_DROP_COUNTERS)
+                .ok_or_else(|| missing_map(MAP_DROP_COUNTERS))?,
         )
         .map_err(map_err(MAP_DROP_COUNTERS))?;
         let mut out = Vec::new();
         for counter in Counter::ALL {
-            let values = counters.get(&(counter as u32), 0).map_err(map_err(MAP_DROP_COUNTERS))?;
+            let values = counters
+                .get(&(counter as u32), 0)
+                .map_err(map_err(MAP_DROP_COUNTERS))?;
             let sum: u64 = values.iter().sum();
             if sum > 0 {
                 out.push((counter.name(), sum));
@@ -160,16 +192,20 @@ impl CpuSampler {
 
     fn read_stacks(&mut self) -> Result<StackCounts, ProbeError> {
         let traces = StackTraceMap::try_from(
-            self.ebpf.take_map(MAP_STACK_TRACES).ok_or_else(|| missing_map(MAP_STACK_TRACES))?,
+            self.ebpf
+                .take_map(MAP_STACK_TRACES)
+                .ok_or_else(|| missing_map(MAP_STACK_TRACES))?,
         )
         .map_err(map_err(MAP_STACK_TRACES))?;
         let source = FramePointerStacks::new(traces);
         let counts: PerCpuHashMap<_, StackKey, u64> = PerCpuHashMap::try_from(
-            self.ebpf.map(MAP_STACK_COUNTS).ok_or_else(|| missing_map(MAP_STACK_COUNTS))?,
+            self.ebpf
+                .map(MAP_STACK_COUNTS)
+                .ok_or_else(|| missing_map(MAP_STACK_COUNTS))?,
         )
         .map_err(map_err(MAP_STACK_COUNTS))?;
         let mut stacks = StackCounts::default();
-        for entry in counts.iter() {
+        for entry in &counts {
             let (key, values) = entry.map_err(map_err(MAP_STACK_COUNTS))?;
             let count: u64 = values.iter().sum();
             stacks.add(RawStack {
@@ -187,14 +223,23 @@ impl CpuSampler {
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, ProbeError> {
     ebpf.program_mut(PROGRAM)
-        .ok_or(ProbeError::Missing { kind: "program", name: PROGRAM })?
+        .ok_or(ProbeError::Missing {
+            kind: "program",
+            name: PROGRAM,
+        })?
         .try_into()
-        .map_err(|source| ProbeError::Program { name: PROGRAM, source })
+        .map_err(|source| ProbeError::Program {
+            name: PROGRAM,
+            source,
+        })
 }
 
 fn attach(ebpf: &mut Ebpf, hz: u64) -> Result<Vec<PerfEventLinkId>, ProbeError> {
     let program = program(ebpf)?;
-    program.load().map_err(|source| ProbeError::Program { name: PROGRAM, source })?;
+    program.load().map_err(|source| ProbeError::Program {
+        name: PROGRAM,
+        source,
+    })?;
     let cpus = aya::util::online_cpus().map_err(|(_, e)| ProbeError::OnlineCpus(e))?;
     cpus.into_iter()
         .map(|cpu| {
@@ -205,7 +250,10 @@ fn attach(ebpf: &mut Ebpf, hz: u64) -> Result<Vec<PerfEventLinkId>, ProbeError> 
                     SamplePolicy::Frequency(hz),
                     false,
                 )
-                .map_err(|source| ProbeError::Program { name: PROGRAM, source })
+                .map_err(|source| ProbeError::Program {
+                    name: PROGRAM,
+                    source,
+                })
         })
         .collect()
 }

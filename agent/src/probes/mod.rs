@@ -20,11 +20,20 @@ pub enum ProbeError {
     Load(#[from] aya::EbpfError),
     /// Keeps aya's `ProgramError`, whose `LoadError` carries the verifier log.
     #[error("BPF program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("BPF map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("BPF object has no {kind} named {name} (agent and probes out of sync?)")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("listing online CPUs: {0}")]
     OnlineCpus(std::io::Error),
 }

@@ -19,7 +19,9 @@ pub enum PreflightError {
     MissingCapabilities(String),
     #[error("reading /proc/self/status: {0}")]
     Status(std::io::Error),
-    #[error("kernel BTF not found at /sys/kernel/btf/vmlinux: qprof needs Linux >= 5.15 built with CONFIG_DEBUG_INFO_BTF")]
+    #[error(
+        "kernel BTF not found at /sys/kernel/btf/vmlinux: qprof needs Linux >= 5.15 built with CONFIG_DEBUG_INFO_BTF"
+    )]
     NoBtf,
     #[error("tracefs is not mounted at {TRACEFS} and mounting it failed: {0}")]
     Tracefs(std::io::Error),
@@ -28,17 +30,24 @@ pub enum PreflightError {
 /// Names of the required capabilities missing from an effective set.
 #[must_use]
 pub fn missing_capabilities(effective: u64) -> Vec<&'static str> {
-    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")]
-        .into_iter()
-        .filter(|(bit, _)| effective & (1u64 << bit) == 0)
-        .map(|(_, name)| name)
-        .collect()
+    [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| effective & (1u64 << bit) == 0)
+    .map(|(_, name)| name)
+    .collect()
 }
 
 /// Parses the `CapEff:` line of a `/proc/<pid>/status` text.
 #[must_use]
 pub fn effective_capabilities(status: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
@@ -56,7 +65,11 @@ pub fn check_capabilities() -> Result<(), PreflightError> {
 
 /// BTF is what lets later capabilities read kernel structs portably.
 pub fn check_btf() -> Result<(), PreflightError> {
-    if Path::new("/sys/kernel/btf/vmlinux").exists() { Ok(()) } else { Err(PreflightError::NoBtf) }
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Ok(())
+    } else {
+        Err(PreflightError::NoBtf)
+    }
 }
 
 /// Mounts tracefs when it is missing (it is not mounted at boot on some
@@ -70,9 +83,19 @@ pub fn ensure_tracefs() -> Result<bool, PreflightError> {
     // SAFETY: all three pointers are NUL-terminated strings that outlive the
     // call; a null data pointer is allowed for tracefs.
     let rc = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
-    if rc == 0 { Ok(true) } else { Err(PreflightError::Tracefs(std::io::Error::last_os_error())) }
+    if rc == 0 {
+        Ok(true)
+    } else {
+        Err(PreflightError::Tracefs(std::io::Error::last_os_error()))
+    }
 }
 
 #[cfg(test)]
@@ -88,10 +111,13 @@ mod tests {
     /// An empty set names all three, in a stable order.
     #[test]
     fn empty_set_names_all() {
-        assert_eq!(missing_capabilities(0), ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN"]);
+        assert_eq!(
+            missing_capabilities(0),
+            ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN"]
+        );
     }
 
-    /// CapEff parsing reads the hex mask and rejects garbage.
+    /// `CapEff` parsing reads the hex mask and rejects garbage.
     #[test]
     fn parses_cap_eff() {
         let status = "Name:\tx\nCapEff:\t000001ffffffffff\n";

@@ -48,8 +48,13 @@ impl MapEntry {
 #[must_use]
 pub fn parse_line(line: &str) -> Option<MapEntry> {
     let mut fields = line.splitn(6, ' ');
-    let (range, perms, offset, _dev, inode) =
-        (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+    let (range, perms, offset, _dev, inode) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
     if perms.as_bytes().get(2) != Some(&b'x') {
         return None;
     }
@@ -59,7 +64,11 @@ pub fn parse_line(line: &str) -> Option<MapEntry> {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
         offset: u64::from_str_radix(offset, 16).ok()?,
-        path: if path.is_empty() { "[anon]".to_owned() } else { path.to_owned() },
+        path: if path.is_empty() {
+            "[anon]".to_owned()
+        } else {
+            path.to_owned()
+        },
         inode: inode.parse().ok()?,
     })
 }
@@ -67,8 +76,11 @@ pub fn parse_line(line: &str) -> Option<MapEntry> {
 /// Parses a whole maps file, keeping executable mappings sorted by start.
 #[must_use]
 pub fn parse(text: &str) -> Vec<MapEntry> {
-    let mut entries: Vec<MapEntry> =
-        text.lines().filter_map(parse_line).take(MAX_MAPPINGS_PER_PROCESS).collect();
+    let mut entries: Vec<MapEntry> = text
+        .lines()
+        .filter_map(parse_line)
+        .take(MAX_MAPPINGS_PER_PROCESS)
+        .collect();
     entries.sort_by_key(|e| e.start);
     entries
 }
@@ -86,7 +98,9 @@ impl ProcessMaps {
     /// A process that is already gone is not an error: its samples keep
     /// their addresses.
     pub fn snapshot(&mut self, pid: u32) {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return;
+        };
         self.merge(pid, parse(&text));
     }
 
@@ -138,7 +152,12 @@ mod tests {
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["/usr/bin/burn", "/usr/lib/x86_64-linux-gnu/libc.so.6", "[anon]", "[vdso]"]
+            [
+                "/usr/bin/burn",
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                "[anon]",
+                "[vdso]"
+            ]
         );
         assert!(entries[0].is_file());
         assert!(!entries[2].is_file() && !entries[3].is_file());

@@ -2,7 +2,7 @@
 //!
 //! Today the kernel unwinds with frame pointers (`bpf_get_stackid`) and the
 //! agent reads the resulting stack-trace map. Binaries built without frame
-//! pointers need an `.eh_frame`-based unwinder (as the OTel profiler does);
+//! pointers need an unwinder driven by `.eh_frame` (as the `OTel` profiler does);
 //! it will implement [`StackSource`] too, so aggregation and symbolization
 //! do not change when it arrives.
 
@@ -37,7 +37,15 @@ impl StackSource for FramePointerStacks {
         let trace = self
             .map
             .get(&(stack_id as u32), 0)
-            .map_err(|source| ProbeError::Map { name: "CPU_STACK_TRACES", source })?;
-        Ok(trace.frames().iter().map(|f| f.ip).filter(|&ip| ip != 0).collect())
+            .map_err(|source| ProbeError::Map {
+                name: "CPU_STACK_TRACES",
+                source,
+            })?;
+        Ok(trace
+            .frames()
+            .iter()
+            .map(|f| f.ip)
+            .filter(|&ip| ip != 0)
+            .collect())
     }
 }

@@ -1,5 +1,5 @@
 //! Kernel frames, from `/proc/kallsyms` (readable with full addresses by
-//! root or CAP_SYSLOG; otherwise frames stay `[kernel.kallsyms]+0x…`).
+//! root or `CAP_SYSLOG`; otherwise frames stay `[kernel.kallsyms]+0x…`).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -24,22 +24,38 @@ pub(super) fn resolve(
     let addrs: Vec<u64> = keyed
         .iter()
         .flat_map(|(frames, _)| frames.iter())
-        .filter_map(|k| if let FrameKey::Kernel(a) = *k { Some(a) } else { None })
+        .filter_map(|k| {
+            if let FrameKey::Kernel(a) = *k {
+                Some(a)
+            } else {
+                None
+            }
+        })
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut kernel = Kernel::default();
     // Searching for a vmlinux costs seconds and distro kernels seldom ship
     // one; kallsyms gives function names, which is what flamegraphs need.
-    kernel.vmlinux = MaybeDefault::None;
-    kernel.debug_syms = false;
-    let symbols =
-        symbolizer.symbolize(&Source::Kernel(kernel), Input::AbsAddr(&addrs)).unwrap_or_default();
+    let kernel = Kernel {
+        vmlinux: MaybeDefault::None,
+        debug_syms: false,
+        ..Kernel::default()
+    };
+    let symbols = symbolizer
+        .symbolize(&Source::Kernel(kernel), Input::AbsAddr(&addrs))
+        .unwrap_or_default();
     for (i, &addr) in addrs.iter().enumerate() {
         let lines = match symbols.get(i) {
             Some(Symbolized::Sym(sym)) => sym_lines(sym),
             _ => Vec::new(),
         };
-        out.insert(FrameKey::Kernel(addr), Location { address: addr, mapping: Some(mapping), lines });
+        out.insert(
+            FrameKey::Kernel(addr),
+            Location {
+                address: addr,
+                mapping: Some(mapping),
+                lines,
+            },
+        );
     }
 }

@@ -91,8 +91,9 @@ impl Symbolizer {
         }
         let mut resolved: HashMap<FrameKey, Location> = HashMap::new();
         user::resolve(&self.inner, &modules, &keyed, &mut resolved);
-        let has_kernel =
-            keyed.iter().any(|(f, _)| f.iter().any(|k| matches!(k, FrameKey::Kernel(_))));
+        let has_kernel = keyed
+            .iter()
+            .any(|(f, _)| f.iter().any(|k| matches!(k, FrameKey::Kernel(_))));
         if has_kernel {
             kernel::resolve(&self.inner, modules.kernel_index(), &keyed, &mut resolved);
         }
@@ -105,13 +106,26 @@ impl Symbolizer {
                     .collect(),
                 values: vec![raw.count as i64, raw.count as i64 * shape.period],
                 labels: vec![
-                    Label { key: "pid".into(), value: LabelValue::Num { value: i64::from(raw.pid), unit: String::new() } },
-                    Label { key: "comm".into(), value: LabelValue::Str(raw.comm.clone()) },
+                    Label {
+                        key: "pid".into(),
+                        value: LabelValue::Num {
+                            value: i64::from(raw.pid),
+                            unit: String::new(),
+                        },
+                    },
+                    Label {
+                        key: "comm".into(),
+                        value: LabelValue::Str(raw.comm.clone()),
+                    },
                 ],
             })
             .collect();
         Profile {
-            default_sample_type: shape.sample_types.last().map(|t| t.r#type.clone()).unwrap_or_default(),
+            default_sample_type: shape
+                .sample_types
+                .last()
+                .map(|t| t.r#type.clone())
+                .unwrap_or_default(),
             sample_types: shape.sample_types.clone(),
             period_type: shape.period_type.clone(),
             period: shape.period,
@@ -132,9 +146,11 @@ fn caller_adjusted(ip: u64, depth: usize) -> u64 {
 
 fn unresolved(key: FrameKey) -> Location {
     match key {
-        FrameKey::Module(_, addr) | FrameKey::Kernel(addr) | FrameKey::Unmapped(addr) => {
-            Location { address: addr, mapping: None, lines: Vec::new() }
-        }
+        FrameKey::Module(_, addr) | FrameKey::Kernel(addr) | FrameKey::Unmapped(addr) => Location {
+            address: addr,
+            mapping: None,
+            lines: Vec::new(),
+        },
     }
 }
 
@@ -167,7 +183,11 @@ impl ModuleTable {
         if let Some(&i) = self.index.get(path) {
             return i;
         }
-        self.modules.push(Module { path: path.to_owned(), is_file, max_offset: 0 });
+        self.modules.push(Module {
+            path: path.to_owned(),
+            is_file,
+            max_offset: 0,
+        });
         self.index.insert(path.to_owned(), self.modules.len() - 1);
         self.modules.len() - 1
     }
@@ -189,7 +209,11 @@ impl ModuleTable {
                 start: 0,
                 limit: m.max_offset.saturating_add(1),
                 offset: 0,
-                build_id: if m.is_file { user::build_id(&m.path) } else { String::new() },
+                build_id: if m.is_file {
+                    user::build_id(&m.path)
+                } else {
+                    String::new()
+                },
                 file: m.path,
                 has_functions: true,
             })

@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
+    fmt::Write as _,
     path::Path,
 };
 
@@ -37,7 +38,9 @@ pub(super) fn resolve(
             let src = Source::Elf(Elf::new(&module.path));
             // A file that vanished or is not ELF leaves the frames unnamed
             // (module+offset), which is what the user should see.
-            symbolizer.symbolize(&src, Input::FileOffset(&offs)).unwrap_or_default()
+            symbolizer
+                .symbolize(&src, Input::FileOffset(&offs))
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -46,7 +49,14 @@ pub(super) fn resolve(
                 Some(Symbolized::Sym(sym)) => sym_lines(sym),
                 _ => Vec::new(),
             };
-            out.insert(FrameKey::Module(idx, off), Location { address: off, mapping: Some(idx), lines });
+            out.insert(
+                FrameKey::Module(idx, off),
+                Location {
+                    address: off,
+                    mapping: Some(idx),
+                    lines,
+                },
+            );
         }
     }
 }
@@ -67,7 +77,9 @@ fn line(name: &str, code: Option<&CodeInfo<'_>>) -> Line {
     Line {
         function: name.to_owned(),
         system_name: name.to_owned(),
-        file: code.map(|c| c.to_path().display().to_string()).unwrap_or_default(),
+        file: code
+            .map(|c| c.to_path().display().to_string())
+            .unwrap_or_default(),
         line: code.and_then(|c| c.line).map_or(0, i64::from),
     }
 }
@@ -75,7 +87,12 @@ fn line(name: &str, code: Option<&CodeInfo<'_>>) -> Line {
 /// GNU build id of an ELF file as lowercase hex, or "" when it has none.
 pub(super) fn build_id(path: &str) -> String {
     match blazesym::helper::read_elf_build_id(&Path::new(path)) {
-        Ok(Some(id)) => id.iter().map(|b| format!("{b:02x}")).collect(),
+        Ok(Some(id)) => id
+            .iter()
+            .fold(String::with_capacity(id.len() * 2), |mut hex, b| {
+                let _ = write!(hex, "{b:02x}");
+                hex
+            }),
         _ => String::new(),
     }
 }

@@ -58,7 +58,8 @@ const _: () = assert!(core::mem::size_of::<StackKey>() == 32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NewPid {
     pub pid: u32,
-    pub _pad: u32,
+    /// Explicit padding to 8 bytes; always zero.
+    pub pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<NewPid>() == 8);
 

@@ -83,24 +83,30 @@ fn filtered_out(pid: u32) -> bool {
     let filter_on = CPU_CONFIG.get(CONFIG_FILTER_BY_PID).copied().unwrap_or(0) != 0;
     // SAFETY: the value is a plain u8 read once; concurrent updates from
     // userspace can only flip a whole byte.
-    filter_on && unsafe { CPU_TARGET_PIDS.get(&pid) }.is_none()
+    filter_on && unsafe { CPU_TARGET_PIDS.get(pid) }.is_none()
 }
 
 #[inline(always)]
 fn announce_new_pid(pid: u32) {
     // SAFETY: presence check only; the value is not read.
-    if pid == 0 || unsafe { CPU_KNOWN_PIDS.get(&pid) }.is_some() {
+    if pid == 0 || unsafe { CPU_KNOWN_PIDS.get(pid) }.is_some() {
         return;
     }
-    if CPU_KNOWN_PIDS.insert(&pid, &1, u64::from(BPF_NOEXIST)).is_err() {
+    if CPU_KNOWN_PIDS
+        .insert(pid, 1, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
         // Another CPU inserted it first (EEXIST) is fine; anything else is a loss.
         // SAFETY: presence check only.
-        if unsafe { CPU_KNOWN_PIDS.get(&pid) }.is_none() {
+        if unsafe { CPU_KNOWN_PIDS.get(pid) }.is_none() {
             bump(Counter::KnownPidMapFull);
         }
         return;
     }
-    if CPU_NEW_PIDS.output::<NewPid>(NewPid { pid, _pad: 0 }, 0).is_err() {
+    if CPU_NEW_PIDS
+        .output::<NewPid>(NewPid { pid, pad: 0 }, 0)
+        .is_err()
+    {
         bump(Counter::NewPidRingFull);
     }
 }
@@ -111,7 +117,11 @@ fn stack_id(ctx: &PerfEventContext, flags: u64) -> i32 {
         Ok(id) => id as i32,
         Err(err) if err == -EFAULT => NO_STACK,
         Err(err) => {
-            bump(if err == -EEXIST { Counter::StackCollision } else { Counter::StackError });
+            bump(if err == -EEXIST {
+                Counter::StackCollision
+            } else {
+                Counter::StackError
+            });
             NO_STACK
         }
     }
@@ -127,7 +137,10 @@ fn count(key: &StackKey) {
     }
     // EEXIST here means another CPU created the key after our lookup; the
     // entry then exists for every CPU, so the second lookup finds our slot.
-    if CPU_STACK_COUNTS.insert(key, &1, u64::from(BPF_NOEXIST)).is_ok() {
+    if CPU_STACK_COUNTS
+        .insert(key, 1, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
         return;
     }
     match CPU_STACK_COUNTS.get_ptr_mut(key) {

@@ -14,7 +14,8 @@
 
 use std::{
     fmt::Write as _,
-    path::{Path, PathBuf},
+    os::unix::process::ExitStatusExt as _,
+    path::PathBuf,
     process::{Command, ExitCode, Stdio},
     thread::sleep,
     time::{Duration, Instant},
@@ -51,7 +52,6 @@ struct Traced {
     /// CPU from the stop signal to the exit.
     stop_cpu: Duration,
     stop_wall: Duration,
-    log: String,
 }
 
 struct PerfRun {
@@ -64,6 +64,8 @@ struct Results {
     untraced: Vec<f64>,
     perf: Vec<PerfRun>,
     qprof: Vec<Traced>,
+    /// From qprof's summary line, per run.
+    qprof_samples: Vec<u64>,
 }
 
 struct Bench {
@@ -76,7 +78,9 @@ struct Bench {
 
 pub fn run(seconds: u64, rounds: usize) -> anyhow::Result<ExitCode> {
     if !util::is_root() {
-        bail!("the CPU benchmark loads BPF programs and runs perf host-wide: run as root (sudo -E cargo xtask bench cpu)");
+        bail!(
+            "the CPU benchmark loads BPF programs and runs perf host-wide: run as root (sudo -E cargo xtask bench cpu)"
+        );
     }
     if seconds == 0 || rounds == 0 {
         bail!("--seconds and --rounds must be at least 1");
@@ -92,7 +96,13 @@ pub fn run(seconds: u64, rounds: usize) -> anyhow::Result<ExitCode> {
             .arg(&fixture)
             .arg(util::workspace_root().join("tests/fixtures/cpu_burn.c")),
     )?;
-    let bench = Bench { qprof, fixture, scratch, cpus: online_cpus(), seconds };
+    let bench = Bench {
+        qprof,
+        fixture,
+        scratch,
+        cpus: online_cpus(),
+        seconds,
+    };
     eprintln!(
         "bench cpu: {} × cpu_burn (one per CPU), {seconds} s windows, {rounds} rounds of 3 conditions: about {} min",
         bench.cpus,
@@ -102,7 +112,9 @@ pub fn run(seconds: u64, rounds: usize) -> anyhow::Result<ExitCode> {
     for round in 0..rounds {
         for k in 0..CONDITIONS.len() {
             let condition = CONDITIONS[(round + k) % CONDITIONS.len()];
-            bench.run_one(condition, &mut results).with_context(|| format!("round {}", round + 1))?;
+            bench
+                .run_one(condition, &mut results)
+                .with_context(|| format!("round {}", round + 1))?;
             // Let write-back and stragglers of the last run finish.
             sleep(Duration::from_secs(1));
         }
@@ -122,7 +134,7 @@ impl Bench {
             Condition::Perf => {
                 let data = self.scratch.path("perf.data");
                 let _ = std::fs::remove_file(&data);
-                let tracer = Running::spawn(
+                let recorder = Running::spawn(
                     Command::new("perf")
                         .args(["record", "-F", "99", "-a", "-g", "-o"])
                         .arg(&data)
@@ -131,9 +143,12 @@ impl Bench {
                     "perf record",
                     Some(&self.scratch.path("perf-record.log")),
                 )?;
-                let traced = self.traced(tracer)?;
-                let post =
-                    perf_post::run(&data, &self.scratch.path("perf.svg"), &self.scratch.path("perf-script.log"))?;
+                let traced = self.traced(recorder)?;
+                let post = perf_post::run(
+                    &data,
+                    &self.scratch.path("perf.svg"),
+                    &self.scratch.path("perf-script.log"),
+                )?;
                 eprintln!(
                     "  (b) perf:     {:.1} rounds/s, sampling {:.2}% of a core, post {} ms (record {} + script {} + inferno {})",
                     traced.rate,
@@ -146,7 +161,7 @@ impl Bench {
                 results.perf.push(PerfRun { traced, post });
             }
             Condition::Qprof => {
-                let tracer = Running::spawn(
+                let recorder = Running::spawn(
                     Command::new(&self.qprof)
                         .args(["record", "cpu", "--hz", "99", "--duration"])
                         // Stopped by SIGINT (which, like the end of
@@ -162,13 +177,16 @@ impl Bench {
                     "qprof record cpu",
                     Some(&self.scratch.path("qprof.log")),
                 )?;
-                let traced = self.traced(tracer)?;
+                let traced = self.traced(recorder)?;
                 eprintln!(
                     "  (c) qprof:    {:.1} rounds/s, sampling {:.2}% of a core, post {} ms",
                     traced.rate,
                     share(&traced) * 100.0,
                     ms(traced.stop_cpu)
                 );
+                let log =
+                    std::fs::read_to_string(self.scratch.path("qprof.log")).unwrap_or_default();
+                results.qprof_samples.extend(qprof_samples(&log));
                 results.qprof.push(traced);
             }
         }
@@ -187,13 +205,12 @@ impl Bench {
         let end_cpu = cpu_time(pid)?;
         let stop = Instant::now();
         tracer.signal(libc::SIGINT)?;
-        let tail = tracer.log_tail();
         let (status, total) = tracer.wait_cpu()?;
         let stop_wall = stop.elapsed();
-        if !status.success() && status.code() != Some(130) {
-            bail!("the tracer failed with {status}{tail}");
+        // perf re-raises SIGINT once it has written perf.data.
+        if !status.success() && status.signal() != Some(libc::SIGINT) {
+            bail!("the tracer failed with {status}{}", tracer.log_tail());
         }
-        let log = tracer_log(&self.scratch);
         Ok(Traced {
             rate,
             startup_cpu,
@@ -201,7 +218,6 @@ impl Bench {
             window,
             stop_cpu: total.saturating_sub(end_cpu),
             stop_wall,
-            log,
         })
     }
 
@@ -221,18 +237,16 @@ impl Bench {
         }
         let mut rate = 0.0;
         for burner in burners {
-            let out = burner.into_child()?.wait_with_output().context("waiting for cpu_burn")?;
+            let out = burner
+                .into_child()?
+                .wait_with_output()
+                .context("waiting for cpu_burn")?;
             let text = String::from_utf8_lossy(&out.stdout);
-            rate += parse_rate(&text).with_context(|| format!("cpu_burn printed no rounds=/seconds=: {text:?}"))?;
+            rate += parse_rate(&text)
+                .with_context(|| format!("cpu_burn printed no rounds=/seconds=: {text:?}"))?;
         }
         Ok(rate)
     }
-}
-
-/// Both tracers log to the scratch dir; the newest log holds the summary
-/// (qprof's sample count).
-fn tracer_log(scratch: &Scratch) -> String {
-    std::fs::read_to_string(scratch.path("qprof.log")).unwrap_or_default()
 }
 
 /// "rounds=N seconds=S" -> N / S.
@@ -253,7 +267,13 @@ fn parse_rate(text: &str) -> Option<f64> {
 
 /// qprof's summary line "qprof: N samples (M distinct stacks) ...".
 fn qprof_samples(log: &str) -> Option<u64> {
-    log.lines().find_map(|l| l.strip_prefix("qprof: ")?.split_once(" samples (")?.0.parse().ok())
+    log.lines().find_map(|l| {
+        l.strip_prefix("qprof: ")?
+            .split_once(" samples (")?
+            .0
+            .parse()
+            .ok()
+    })
 }
 
 fn share(t: &Traced) -> f64 {
@@ -293,7 +313,12 @@ fn report(bench: &Bench, rounds: usize, r: &Results) -> String {
         let min = v.iter().copied().fold(f64::MAX, f64::min);
         (max - min) / base
     };
-    let runs = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" ");
+    let runs = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let perf_rates: Vec<f64> = r.perf.iter().map(|p| p.traced.rate).collect();
     let qprof_rates: Vec<f64> = r.qprof.iter().map(|t| t.rate).collect();
 
@@ -308,8 +333,10 @@ fn report(bench: &Bench, rounds: usize, r: &Results) -> String {
     let perf_inferno = median_ms(&r.perf, |p| p.post.inferno_cpu);
     let perf_post = median_ms(&r.perf, |p| p.post.script_cpu + p.post.inferno_cpu);
     let perf_post_wall = median_ms(&r.perf, |p| p.post.wall);
-    let perf_post_all = median_ms(&r.perf, |p| p.traced.stop_cpu + p.post.script_cpu + p.post.inferno_cpu);
-    let qprof_samples = median(r.qprof.iter().filter_map(|t| qprof_samples(&t.log)).map(|n| n as f64).collect());
+    let perf_post_with_exit = median_ms(&r.perf, |p| {
+        p.traced.stop_cpu + p.post.script_cpu + p.post.inferno_cpu
+    });
+    let qprof_samples = median(r.qprof_samples.iter().map(|&n| n as f64).collect());
     let perf_samples = median(r.perf.iter().map(|p| p.post.samples as f64).collect());
 
     let mut o = String::new();
@@ -318,9 +345,19 @@ fn report(bench: &Bench, rounds: usize, r: &Results) -> String {
         "\nCPU profiling benchmark: {} × cpu_burn (one per CPU), {} s windows, {rounds} interleaved rounds; medians\n",
         bench.cpus, bench.seconds
     );
-    let _ = writeln!(o, "| condition                      | fixture rounds/s | runs            | slowdown vs (a) |");
-    let _ = writeln!(o, "|--------------------------------|-----------------:|-----------------|----------------:|");
-    let _ = writeln!(o, "| (a) untraced                   | {base:>16.0} | {:<15} |               - |", runs(&r.untraced));
+    let _ = writeln!(
+        o,
+        "| condition                      | fixture rounds/s | runs            | slowdown vs (a) |"
+    );
+    let _ = writeln!(
+        o,
+        "|--------------------------------|-----------------:|-----------------|----------------:|"
+    );
+    let _ = writeln!(
+        o,
+        "| (a) untraced                   | {base:>16.0} | {:<15} |               - |",
+        runs(&r.untraced)
+    );
     let _ = writeln!(
         o,
         "| (b) perf record -F 99 -a -g    | {perf_rate:>16.0} | {:<15} | {:>14.2}% |",
@@ -340,25 +377,83 @@ fn report(bench: &Bench, rounds: usize, r: &Results) -> String {
         spread(&perf_rates) * 100.0,
         spread(&qprof_rates) * 100.0
     );
-    let _ = writeln!(o, "| tracer cost                         | qprof     | perf      | qprof / perf |");
-    let _ = writeln!(o, "|-------------------------------------|----------:|----------:|-------------:|");
+    let _ = writeln!(
+        o,
+        "| tracer cost                         | qprof     | perf      | qprof / perf |"
+    );
+    let _ = writeln!(
+        o,
+        "|-------------------------------------|----------:|----------:|-------------:|"
+    );
     let row = |o: &mut String, name: &str, q: f64, p: f64, unit: &str, prec: usize| {
-        let _ = writeln!(o, "| {name:<35} | {q:>6.prec$} {unit:<2} | {p:>6.prec$} {unit:<2} | {:>12.2} |", q / p);
+        let _ = writeln!(
+            o,
+            "| {name:<35} | {q:>6.prec$} {unit:<2} | {p:>6.prec$} {unit:<2} | {:>12.2} |",
+            q / p
+        );
     };
-    row(&mut o, "CPU while sampling (% of one core)", qprof_share * 100.0, perf_share * 100.0, "%", 2);
-    row(&mut o, "start-up CPU (before sampling)", qprof_start, perf_start, "ms", 0);
-    row(&mut o, "post-processing CPU (1)", qprof_post, perf_post, "ms", 0);
-    row(&mut o, "post-processing wall time (1)", qprof_post_wall, perf_post_wall, "ms", 0);
-    row(&mut o, "post-processing CPU incl. perf's exit", qprof_post, perf_post_all, "ms", 0);
-    row(&mut o, "samples in the profile", qprof_samples, perf_samples, "", 0);
+    row(
+        &mut o,
+        "CPU while sampling (% of one core)",
+        qprof_share * 100.0,
+        perf_share * 100.0,
+        "%",
+        2,
+    );
+    row(
+        &mut o,
+        "start-up CPU (before sampling)",
+        qprof_start,
+        perf_start,
+        "ms",
+        0,
+    );
+    row(
+        &mut o,
+        "post-processing CPU (1)",
+        qprof_post,
+        perf_post,
+        "ms",
+        0,
+    );
+    row(
+        &mut o,
+        "post-processing wall time (1)",
+        qprof_post_wall,
+        perf_post_wall,
+        "ms",
+        0,
+    );
+    row(
+        &mut o,
+        "post-processing CPU incl. perf's exit",
+        qprof_post,
+        perf_post_with_exit,
+        "ms",
+        0,
+    );
+    row(
+        &mut o,
+        "samples in the profile",
+        qprof_samples,
+        perf_samples,
+        "",
+        0,
+    );
     let _ = writeln!(
         o,
         "\n(1) qprof: from SIGINT to exit (read the kernel maps, symbolize, write pprof + SVG).\n    \
          perf: `perf script` {perf_script:.0} ms + inferno collapse + flamegraph {perf_inferno:.0} ms; \
          perf record's own write-out after SIGINT ({perf_record_post:.0} ms) only in the \"incl.\" row.\n"
     );
-    let _ = writeln!(o, "| target (issue 2)                        | result                          | verdict |");
-    let _ = writeln!(o, "|-----------------------------------------|---------------------------------|---------|");
+    let _ = writeln!(
+        o,
+        "| target (issue 2)                        | result                          | verdict |"
+    );
+    let _ = writeln!(
+        o,
+        "|-----------------------------------------|---------------------------------|---------|"
+    );
     let _ = writeln!(
         o,
         "| qprof's slowdown ≤ perf's               | {:<31} | {:<7} |",
@@ -386,14 +481,18 @@ mod tests {
 
     #[test]
     fn rates_parse() {
-        assert_eq!(parse_rate("ready pid=1\nrounds=300 seconds=3.000\n"), Some(100.0));
+        assert_eq!(
+            parse_rate("ready pid=1\nrounds=300 seconds=3.000\n"),
+            Some(100.0)
+        );
         assert_eq!(parse_rate("ready pid=1\n"), None);
         assert_eq!(parse_rate("rounds=3 seconds=0\n"), None);
     }
 
     #[test]
     fn qprof_summary_parses() {
-        let log = "qprof: mounted tracefs at /x\nqprof: 5940 samples (31 distinct stacks) written to a\n";
+        let log =
+            "qprof: mounted tracefs at /x\nqprof: 5940 samples (31 distinct stacks) written to a\n";
         assert_eq!(qprof_samples(log), Some(5940));
     }
 
@@ -402,10 +501,5 @@ mod tests {
         assert!((median(vec![3.0, 1.0, 2.0]) - 2.0).abs() < 1e-9);
         assert!((median(vec![4.0, 1.0, 2.0, 3.0]) - 2.5).abs() < 1e-9);
         assert!(median(Vec::new()).is_nan());
-    }
-
-    #[test]
-    fn unused_path_helper_is_fine() {
-        let _ = Path::new("x");
     }
 }

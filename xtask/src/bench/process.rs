@@ -33,8 +33,14 @@ impl Running {
             let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
             cmd.stderr(file);
         }
-        let child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
-        Ok(Self { child: Some(child), name: name.to_owned(), log: log.map(Path::to_path_buf) })
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Self {
+            child: Some(child),
+            name: name.to_owned(),
+            log: log.map(Path::to_path_buf),
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -43,19 +49,24 @@ impl Running {
 
     /// The child itself, e.g. to take its stdout.
     pub fn child_mut(&mut self) -> anyhow::Result<&mut Child> {
-        self.child.as_mut().with_context(|| format!("{} was already waited for", self.name))
+        self.child
+            .as_mut()
+            .with_context(|| format!("{} was already waited for", self.name))
     }
 
     /// Hands the child over (to `wait_with_output`); the guard is disarmed.
     pub fn into_child(mut self) -> anyhow::Result<Child> {
-        self.child.take().with_context(|| format!("{} was already waited for", self.name))
+        self.child
+            .take()
+            .with_context(|| format!("{} was already waited for", self.name))
     }
 
     pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
         // SAFETY: kill(2) with a pid we spawned and have not reaped yet (the
         // guard still holds the child), so the pid cannot have been reused.
         if unsafe { libc::kill(self.pid(), signal) } != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("signalling {}", self.name));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("signalling {}", self.name));
         }
         Ok(())
     }
@@ -63,7 +74,11 @@ impl Running {
     /// Fails, quoting the log, if the child has already exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         let name = self.name.clone();
-        if let Some(status) = self.child_mut()?.try_wait().with_context(|| format!("polling {name}"))? {
+        if let Some(status) = self
+            .child_mut()?
+            .try_wait()
+            .with_context(|| format!("polling {name}"))?
+        {
             bail!("{name} exited early with {status}{}", self.log_tail());
         }
         Ok(())
@@ -71,7 +86,7 @@ impl Running {
 
     /// Waits for the exit; returns the status and the child's total CPU time
     /// (user + system, all threads) from `wait4`.
-    pub fn wait_cpu(mut self) -> anyhow::Result<(ExitStatus, Duration)> {
+    pub fn wait_cpu(&mut self) -> anyhow::Result<(ExitStatus, Duration)> {
         let pid = self.pid();
         let mut status: libc::c_int = 0;
         // SAFETY: all-zero is a valid `rusage` (plain integers).
@@ -90,18 +105,29 @@ impl Running {
         }
         // Reaped: dropping the std handle now neither kills nor waits.
         self.child = None;
-        Ok((ExitStatus::from_raw(status), timeval(usage.ru_utime) + timeval(usage.ru_stime)))
+        Ok((
+            ExitStatus::from_raw(status),
+            timeval(usage.ru_utime) + timeval(usage.ru_stime),
+        ))
     }
 
     /// The last lines of the child's stderr, for error messages.
     pub fn log_tail(&self) -> String {
-        let Some(log) = &self.log else { return String::new() };
+        let Some(log) = &self.log else {
+            return String::new();
+        };
         let mut text = String::new();
-        if File::open(log).and_then(|mut f| f.read_to_string(&mut text)).is_err() {
+        if File::open(log)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .is_err()
+        {
             return String::new();
         }
         let lines: Vec<&str> = text.lines().collect();
-        format!("; its stderr ends:\n{}", lines[lines.len().saturating_sub(10)..].join("\n"))
+        format!(
+            "; its stderr ends:\n{}",
+            lines[lines.len().saturating_sub(10)..].join("\n")
+        )
     }
 }
 
@@ -124,13 +150,21 @@ pub fn cpu_time(pid: i32) -> anyhow::Result<Duration> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name is in parentheses and may contain anything: count
     // fields from the last ')'. utime and stime are fields 14 and 15.
-    let rest = text.rsplit_once(')').map(|(_, r)| r).context("no ')' in /proc/<pid>/stat")?;
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("no ')' in /proc/<pid>/stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| -> anyhow::Result<u64> {
-        fields.get(i).and_then(|f| f.parse().ok()).with_context(|| format!("field {} of {path}", i + 3))
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("field {} of {path}", i + 3))
     };
     let total = ticks(11)? + ticks(12)?;
-    Ok(Duration::from_nanos(total * 1_000_000_000 / clock_ticks_per_second()))
+    Ok(Duration::from_nanos(
+        total * 1_000_000_000 / clock_ticks_per_second(),
+    ))
 }
 
 fn clock_ticks_per_second() -> u64 {
@@ -141,7 +175,10 @@ fn clock_ticks_per_second() -> u64 {
 
 /// CPU time this process (every thread of it) has used so far.
 pub fn self_cpu() -> anyhow::Result<Duration> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec into the local above.
     if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &raw mut ts) } != 0 {
         return Err(std::io::Error::last_os_error()).context("reading this process's CPU time");
@@ -158,9 +195,13 @@ pub fn online_cpus() -> usize {
 
 /// How many `perf_event` file descriptors a process holds.
 fn perf_event_fds(pid: i32) -> usize {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
     dir.filter_map(Result::ok)
-        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[perf_event]"))
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[perf_event]")
+        })
         .count()
 }
 
@@ -170,11 +211,15 @@ fn perf_event_fds(pid: i32) -> usize {
 /// processes) is over: at most one clock tick of CPU in half a second.
 /// Neither tool announces readiness, so this is what "started" means.
 pub fn wait_ready(tracer: &mut Running, cpus: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_mins(2);
     while perf_event_fds(tracer.pid()) < cpus {
         tracer.check_alive()?;
         if Instant::now() > deadline {
-            bail!("{} did not open its perf events within 2 minutes{}", tracer.name, tracer.log_tail());
+            bail!(
+                "{} did not open its perf events within 2 minutes{}",
+                tracer.name,
+                tracer.log_tail()
+            );
         }
         sleep(Duration::from_millis(20));
     }
