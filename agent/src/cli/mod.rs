@@ -3,6 +3,8 @@
 mod flamegraph;
 mod progress;
 mod record_cpu;
+mod record_syscalls;
+mod record_tcp;
 pub mod values;
 
 use std::{path::PathBuf, time::Duration};
@@ -31,6 +33,43 @@ pub enum Command {
 pub enum Record {
     /// Sample on-CPU stacks (user and kernel) host-wide or of given processes.
     Cpu(RecordCpuArgs),
+    /// Count syscalls per process: calls, errors by errno, latency percentiles.
+    Syscalls(RecordSyscallsArgs),
+    /// TCP per remote endpoint: connects, connect latency, RTT, retransmits, resets.
+    Tcp(RecordTcpArgs),
+}
+
+
+#[derive(Debug, Args)]
+pub struct RecordSyscallsArgs {
+    /// Trace only this process (repeatable); default: every process.
+    #[arg(long = "pid", value_name = "PID", value_parser = values::parse_pid)]
+    pub pids: Vec<u32>,
+    /// Trace only processes whose name (comm, as in /proc/PID/comm) is NAME.
+    #[arg(long, value_parser = values::parse_comm)]
+    pub comm: Option<String>,
+    /// How long to trace, e.g. 10s; Ctrl-C stops early and still reports.
+    #[arg(long, default_value = "10s", value_parser = values::parse_duration)]
+    pub duration: Duration,
+    /// Write the report as JSON to FILE (`-` for stdout) instead of a table.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Rows in the table (sorted by total time).
+    #[arg(long, default_value_t = 20, value_parser = values::parse_top)]
+    pub top: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordTcpArgs {
+    /// Attribute only connections owned by this process (repeatable).
+    #[arg(long = "pid", value_name = "PID", value_parser = values::parse_pid)]
+    pub pids: Vec<u32>,
+    /// How long to trace, e.g. 10s; Ctrl-C stops early and still reports.
+    #[arg(long, default_value = "10s", value_parser = values::parse_duration)]
+    pub duration: Duration,
+    /// Write the report as JSON to FILE (`-` for stdout) instead of a table.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +113,8 @@ pub struct FlamegraphArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Record(Record::Cpu(args)) => record_cpu::run(&args),
+        Command::Record(Record::Syscalls(args)) => record_syscalls::run(&args),
+        Command::Record(Record::Tcp(args)) => record_tcp::run(&args),
         Command::Flamegraph(args) => flamegraph::run(&args),
     }
 }

@@ -51,6 +51,24 @@ pub fn parse_hz(text: &str) -> Result<u64, String> {
     }
 }
 
+/// A process name as the kernel keeps it: 1 to 15 bytes, no NUL or '/'.
+pub fn parse_comm(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 15 || text.contains(['\0', '/']) {
+        return Err(format!(
+            "invalid --comm '{text}': a process name is 1 to 15 bytes (the kernel truncates comm to 15), without '/' or NUL"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// Row count for tables: at least 1.
+pub fn parse_top(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!("invalid --top '{text}': expected a positive integer")),
+        Ok(n) => Ok(n),
+    }
+}
+
 /// The kernel's limit on sampling rates (`kernel.perf_event_max_sample_rate`).
 #[must_use]
 pub fn max_sample_rate() -> Option<u64> {

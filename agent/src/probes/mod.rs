@@ -4,6 +4,7 @@
 pub mod cpu;
 pub mod preflight;
 pub mod process_maps;
+pub mod tracefs;
 pub mod unwind;
 
 use aya::Ebpf;

@@ -144,8 +144,30 @@ fn timeval(tv: libc::timeval) -> Duration {
     Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
 }
 
-/// CPU time (user + system, all threads) a live process has used so far.
+/// CPU time a live process's threads have used so far, to the nanosecond:
+/// the sum of their `sum_exec_runtime` (`/proc/<pid>/task/*/schedstat`),
+/// the runtime `wait4` reports at exit. Threads that already exited are
+/// missing; both tracers keep theirs for the whole run. Falls back to the
+/// clock ticks of `/proc/<pid>/stat` where schedstat is not built in.
 pub fn cpu_time(pid: i32) -> anyhow::Result<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing the threads of {pid}"))?;
+    let mut total = Duration::ZERO;
+    for task in tasks.filter_map(Result::ok) {
+        let nanos = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse().ok());
+        match nanos {
+            Some(nanos) => total += Duration::from_nanos(nanos),
+            None => return cpu_ticks(pid),
+        }
+    }
+    Ok(total)
+}
+
+/// CPU time (user + system, all threads) from `/proc/<pid>/stat`, in clock
+/// ticks (10 ms).
+fn cpu_ticks(pid: i32) -> anyhow::Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name is in parentheses and may contain anything: count
@@ -193,14 +215,17 @@ pub fn online_cpus() -> usize {
     if n > 0 { n as usize } else { 1 }
 }
 
-/// How many `perf_event` file descriptors a process holds.
+/// How many `perf_event`s a process holds: as descriptors (perf) or
+/// through the BPF links that own them (qprof, via aya).
 fn perf_event_fds(pid: i32) -> usize {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return 0;
     };
     dir.filter_map(Result::ok)
         .filter(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[perf_event]")
+            std::fs::read_link(e.path()).is_ok_and(|t| {
+                t.as_os_str() == "anon_inode:[perf_event]" || t.as_os_str() == "anon_inode:bpf_link"
+            })
         })
         .count()
 }
@@ -208,7 +233,7 @@ fn perf_event_fds(pid: i32) -> usize {
 /// Waits until a tracer is sampling: it holds a `perf_event` descriptor per
 /// CPU (both qprof and perf open one per CPU when they attach), and its
 /// start-up work (BPF verification, perf's synthesis of existing
-/// processes) is over: at most one clock tick of CPU in half a second.
+/// processes) is over: at most 10 ms of CPU in half a second.
 /// Neither tool announces readiness, so this is what "started" means.
 pub fn wait_ready(tracer: &mut Running, cpus: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_mins(2);
@@ -224,7 +249,7 @@ pub fn wait_ready(tracer: &mut Running, cpus: usize) -> anyhow::Result<()> {
         sleep(Duration::from_millis(20));
     }
     let settle_by = Instant::now() + Duration::from_secs(10);
-    let tick = Duration::from_nanos(1_000_000_000 / clock_ticks_per_second());
+    let tick = Duration::from_millis(10);
     let mut before = cpu_time(tracer.pid())?;
     loop {
         sleep(Duration::from_millis(500));
