@@ -8,6 +8,7 @@
 )]
 
 pub mod pprof_tool;
+pub mod session;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -101,7 +102,7 @@ pub fn build_fixture(name: &str, dir: &Path) -> PathBuf {
         .join(format!("{name}.c"));
     let out = dir.join(name);
     let status = Command::new("gcc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
         .arg(&out)
         .arg(&src)
         .status()

@@ -15,6 +15,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("golang-go", "go"), // `go tool pprof` reads every profile qprof writes
     ("linux-perf", "perf"),
     ("gcc", "gcc"),            // builds the fixture programs with frame pointers
+    ("strace", "strace"),      // the reference for syscall counts
     ("util-linux", "setpriv"), // runs qprof without privileges in a bad-input test
 ];
 

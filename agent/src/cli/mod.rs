@@ -1,10 +1,12 @@
 //! The command line: clap definitions and one module per subcommand.
 
+mod capture_loop;
 mod flamegraph;
 mod progress;
 mod record_cpu;
 mod record_syscalls;
 mod record_tcp;
+mod report;
 pub mod values;
 
 use std::{path::PathBuf, time::Duration};
@@ -48,6 +50,9 @@ pub struct RecordSyscallsArgs {
     /// Trace only processes whose name (comm, as in /proc/PID/comm) is NAME.
     #[arg(long, value_parser = values::parse_comm)]
     pub comm: Option<String>,
+    /// Trace only this syscall, by name (repeatable), e.g. `openat`.
+    #[arg(long = "syscall", value_name = "NAME")]
+    pub syscalls: Vec<String>,
     /// How long to trace, e.g. 10s; Ctrl-C stops early and still reports.
     #[arg(long, default_value = "10s", value_parser = values::parse_duration)]
     pub duration: Duration,

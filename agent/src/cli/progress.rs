@@ -19,12 +19,12 @@ impl Progress {
         }
     }
 
-    pub fn update(&self, left: Duration, samples: u64) {
+    pub fn update(&self, left: Duration, count: u64, unit: &str) {
         if self.enabled {
             let mut err = std::io::stderr();
             let _ = write!(
                 err,
-                "\rsampling: {:>5.1}s left, {samples} samples   ",
+                "\rrecording: {:>5.1}s left, {count} {unit}   ",
                 left.as_secs_f64()
             );
             let _ = err.flush();

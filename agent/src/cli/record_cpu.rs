@@ -2,13 +2,13 @@
 
 use std::{
     path::Path,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
 use profiles::ValueType;
 
-use super::{RecordCpuArgs, progress::Progress, values};
+use super::{RecordCpuArgs, capture_loop, values};
 use crate::{
     export::files,
     probes::{
@@ -18,25 +18,17 @@ use crate::{
     symbolize::{ProfileShape, Symbolizer},
 };
 
-/// How often the ring buffer of new processes is drained: fast enough to
-/// snapshot the mappings of a process that lives a fraction of a second.
-const POLL_EVERY: Duration = Duration::from_millis(100);
-
 pub fn run(args: &RecordCpuArgs) -> anyhow::Result<()> {
     validate(args)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let started_at = SystemTime::now();
-    let (capture, elapsed, interrupted) = runtime.block_on(sample(args))?;
-    if interrupted {
-        eprintln!(
-            "qprof: interrupted after {:.1}s; writing what was collected",
-            elapsed.as_secs_f64()
-        );
-    }
-    write_outputs(args, &capture, started_at, elapsed)
+    let config = CpuConfig { hz: args.hz, pids: args.pids.clone() };
+    let mut sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
+    let ended = capture_loop::wait(args.duration, "samples", || {
+        sampler.poll_new_processes();
+        sampler.samples_so_far().unwrap_or(0)
+    })?;
+    let capture = sampler.finish().context("reading the capture out of the kernel")?;
+    write_outputs(args, &capture, started_at, ended.elapsed)
 }
 
 /// Every check that can fail before sampling starts, so that a bad value
@@ -67,52 +59,6 @@ fn validate(args: &RecordCpuArgs) -> anyhow::Result<()> {
         eprintln!("qprof: mounted tracefs at {}", preflight::TRACEFS);
     }
     Ok(())
-}
-
-async fn sample(args: &RecordCpuArgs) -> anyhow::Result<(CpuCapture, Duration, bool)> {
-    let config = CpuConfig {
-        hz: args.hz,
-        pids: args.pids.clone(),
-    };
-    let mut sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
-    let start = Instant::now();
-    let deadline = start + args.duration;
-    let progress = Progress::new();
-    let mut stop = std::pin::pin!(shutdown_signal());
-    let mut tick = tokio::time::interval(POLL_EVERY);
-    let mut interrupted = false;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = &mut stop => { interrupted = true; break; }
-        }
-        sampler.poll_new_processes();
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
-        progress.update(deadline - now, sampler.samples_so_far().unwrap_or(0));
-    }
-    progress.finish();
-    let elapsed = start.elapsed();
-    let capture = sampler
-        .finish()
-        .context("reading the capture out of the kernel")?;
-    Ok((capture, elapsed, interrupted))
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => _ = s.recv().await,
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }
 
 fn write_outputs(

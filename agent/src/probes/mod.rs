@@ -4,6 +4,7 @@
 pub mod cpu;
 pub mod preflight;
 pub mod process_maps;
+pub mod syscalls;
 pub mod tracefs;
 pub mod unwind;
 

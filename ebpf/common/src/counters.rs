@@ -21,19 +21,28 @@ pub enum Counter {
     NewPidRingFull = 3,
     /// The known-process map was full.
     KnownPidMapFull = 4,
+    /// `SYS_STATS` was full: a new (pid, syscall) pair was not counted.
+    SyscallMapFull = 5,
+    /// `SYS_ERRNOS` was full: an error was counted but not its errno.
+    SyscallErrnoMapFull = 6,
+    /// `SYS_INFLIGHT` refused an entry: that call's latency was lost.
+    SyscallInflightFull = 7,
 }
 
 /// Number of counter slots; the array is sized by this.
-pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
     /// Every counter, for export loops.
-    pub const ALL: [Counter; 5] = [
+    pub const ALL: [Counter; 8] = [
         Counter::StackCollision,
         Counter::StackError,
         Counter::CountMapFull,
         Counter::NewPidRingFull,
         Counter::KnownPidMapFull,
+        Counter::SyscallMapFull,
+        Counter::SyscallErrnoMapFull,
+        Counter::SyscallInflightFull,
     ];
 
     /// Stable snake-case name, used in reports and metric labels.
@@ -45,6 +54,9 @@ impl Counter {
             Counter::CountMapFull => "count_map_full",
             Counter::NewPidRingFull => "new_pid_ring_full",
             Counter::KnownPidMapFull => "known_pid_map_full",
+            Counter::SyscallMapFull => "syscall_map_full",
+            Counter::SyscallErrnoMapFull => "syscall_errno_map_full",
+            Counter::SyscallInflightFull => "syscall_inflight_full",
         }
     }
 }

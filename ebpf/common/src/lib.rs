@@ -8,4 +8,5 @@
 
 pub mod counters;
 pub mod hist;
+pub mod syscalls;
 pub mod cpu;

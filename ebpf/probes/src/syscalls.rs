@@ -1,8 +1,165 @@
-//! Syscalls (stub).
+//! Syscalls: on enter remember (time, nr) per thread; on exit add the
+//! latency to the (pid, nr) statistics of this CPU.
+//!
+//! Filtering (pid, comm, syscall number) happens first on enter; a thread
+//! filtered out never gets an in-flight entry, so its exit costs one failed
+//! lookup.
 
-use aya_ebpf::programs::RawTracePointContext;
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::RawTracePointContext,
+};
+use qprof_common::{
+    counters::Counter,
+    hist::bucket_of,
+    syscalls::{
+        COMMS_CAPACITY, ERRNOS_CAPACITY, INFLIGHT_CAPACITY, Inflight, MAX_SYSCALL_NR,
+        STATS_CAPACITY, SysConfig, SysErrKey, SysKey, SysStats, TARGET_PIDS_CAPACITY,
+    },
+};
+
+use crate::counters::bump;
+
+#[map(name = "SYS_STATS")]
+static SYS_STATS: PerCpuHashMap<SysKey, SysStats> = PerCpuHashMap::with_max_entries(STATS_CAPACITY, 0);
+
+#[map(name = "SYS_ERRNOS")]
+static SYS_ERRNOS: PerCpuHashMap<SysErrKey, u64> = PerCpuHashMap::with_max_entries(ERRNOS_CAPACITY, 0);
+
+#[map(name = "SYS_INFLIGHT")]
+static SYS_INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
+
+#[map(name = "SYS_COMMS")]
+static SYS_COMMS: LruHashMap<u32, [u8; 16]> = LruHashMap::with_max_entries(COMMS_CAPACITY, 0);
+
+#[map(name = "SYS_TARGET_PIDS")]
+static SYS_TARGET_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(TARGET_PIDS_CAPACITY, 0);
+
+#[map(name = "SYS_TARGET_NRS")]
+static SYS_TARGET_NRS: Array<u8> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+
+#[map(name = "SYS_CONFIG")]
+static SYS_CONFIG: Array<SysConfig> = Array::with_max_entries(1, 0);
+
+/// A zeroed `SysStats` to insert from: at 1,120 bytes it cannot live on the
+/// 512-byte BPF stack.
+#[map(name = "SYS_ZERO")]
+static SYS_ZERO: PerCpuArray<SysStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Monotonic nanoseconds (`CLOCK_MONOTONIC`).
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: bpf_ktime_get_ns takes no arguments and cannot fail.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Largest errno the kernel returns (`MAX_ERRNO`).
+const MAX_ERRNO: i64 = 4095;
 
 #[inline(always)]
-pub fn on_enter(_ctx: &RawTracePointContext) {}
+pub fn on_enter(ctx: &RawTracePointContext) {
+    let nr: i64 = ctx.arg(1);
+    if nr < 0 || nr >= i64::from(MAX_SYSCALL_NR) {
+        return;
+    }
+    let nr = nr as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !wanted((pid_tgid >> 32) as u32, nr) {
+        return;
+    }
+    let inflight = Inflight { start_ns: now_ns(), nr, pad: 0 };
+    if SYS_INFLIGHT.insert(pid_tgid as u32, inflight, 0).is_err() {
+        bump(Counter::SyscallInflightFull);
+    }
+}
+
 #[inline(always)]
-pub fn on_exit(_ctx: &RawTracePointContext) {}
+fn wanted(pid: u32, nr: u32) -> bool {
+    let Some(config) = SYS_CONFIG.get(0) else { return true };
+    // SAFETY: presence check only; the u8 value is not read.
+    if config.filter_pids != 0 && unsafe { SYS_TARGET_PIDS.get(pid) }.is_none() {
+        return false;
+    }
+    if config.filter_nrs != 0 && SYS_TARGET_NRS.get(nr).copied().unwrap_or(0) == 0 {
+        return false;
+    }
+    if config.filter_comm != 0 {
+        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        if comm != config.comm {
+            return false;
+        }
+    }
+    true
+}
+
+#[inline(always)]
+pub fn on_exit(ctx: &RawTracePointContext) {
+    let now = now_ns();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(inflight) = (unsafe { SYS_INFLIGHT.get(tid) }).copied() else { return };
+    let _ = SYS_INFLIGHT.remove(tid);
+    let ret: i64 = ctx.arg(1);
+    let key = SysKey { pid: (pid_tgid >> 32) as u32, nr: inflight.nr };
+    let latency = now.saturating_sub(inflight.start_ns);
+    let errno = if (-MAX_ERRNO..0).contains(&ret) { (-ret) as u32 } else { 0 };
+    let Some(stats) = stats_slot(&key) else { return };
+    // SAFETY: `stats` points at this CPU's slot of a live map value, and BPF
+    // programs on one CPU do not preempt each other.
+    let stats = unsafe { &mut *stats };
+    stats.calls += 1;
+    stats.total_ns += latency;
+    if latency > stats.max_ns {
+        stats.max_ns = latency;
+    }
+    // black_box hides the (true) fact that the index is in range from LLVM,
+    // which would otherwise drop the bounds check the verifier needs to see.
+    let index = core::hint::black_box(bucket_of(latency));
+    if let Some(bucket) = stats.buckets.get_mut(index) {
+        *bucket += 1;
+    }
+    if errno != 0 {
+        stats.errors += 1;
+        count_errno(SysErrKey { pid: key.pid, nr: key.nr, errno, pad: 0 });
+    }
+}
+
+/// This CPU's stats for `key`, creating the entry (and remembering the
+/// process name, for processes that exit before the capture ends).
+#[inline(always)]
+fn stats_slot(key: &SysKey) -> Option<*mut SysStats> {
+    if let Some(ptr) = SYS_STATS.get_ptr_mut(key) {
+        return Some(ptr);
+    }
+    let zero = SYS_ZERO.get_ptr(0)?;
+    // SAFETY: `zero` is a live, never-written map value of the right type.
+    let zero = unsafe { &*zero };
+    if SYS_STATS.insert(key, zero, u64::from(BPF_NOEXIST)).is_ok() {
+        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        let _ = SYS_COMMS.insert(key.pid, comm, 0);
+    }
+    let ptr = SYS_STATS.get_ptr_mut(key);
+    if ptr.is_none() {
+        bump(Counter::SyscallMapFull);
+    }
+    ptr
+}
+
+#[inline(always)]
+fn count_errno(key: SysErrKey) {
+    if let Some(count) = SYS_ERRNOS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's slot of a live map value; no preemption.
+        unsafe { *count += 1 };
+    } else if SYS_ERRNOS.insert(&key, 1, u64::from(BPF_NOEXIST)).is_err() {
+        // EEXIST: another CPU created it; this CPU's slot is now zero.
+        match SYS_ERRNOS.get_ptr_mut(&key) {
+            // SAFETY: as above.
+            Some(count) => unsafe { *count += 1 },
+            None => bump(Counter::SyscallErrnoMapFull),
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! by side in one run and reports ratios (results go to BENCHMARKS.md).
 
 mod cpu;
+mod cpu_report;
 mod perf_post;
 mod process;
 

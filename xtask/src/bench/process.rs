@@ -54,13 +54,6 @@ impl Running {
             .with_context(|| format!("{} was already waited for", self.name))
     }
 
-    /// Hands the child over (to `wait_with_output`); the guard is disarmed.
-    pub fn into_child(mut self) -> anyhow::Result<Child> {
-        self.child
-            .take()
-            .with_context(|| format!("{} was already waited for", self.name))
-    }
-
     pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
         // SAFETY: kill(2) with a pid we spawned and have not reaped yet (the
         // guard still holds the child), so the pid cannot have been reused.
@@ -259,6 +252,55 @@ pub fn wait_ready(tracer: &mut Running, cpus: usize) -> anyhow::Result<()> {
             return Ok(());
         }
         before = now;
+    }
+}
+
+/// Busy and total CPU time of the whole machine so far, in clock ticks,
+/// from the first line of /proc/stat (time the hypervisor stole counts as
+/// busy: it is not ours either).
+fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = text.lines().next().context("empty /proc/stat")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let busy: u64 = fields
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| !matches!(i, 3 | 4))
+        .map(|(_, v)| v)
+        .sum();
+    let total: u64 = fields.iter().take(8).sum();
+    Ok((busy, total))
+}
+
+/// Waits (at most `patience`) until the machine is quiet: less than
+/// `max_busy` of it busy over one second. Returns whether it got quiet.
+pub fn wait_for_quiet(max_busy: f64, patience: Duration) -> anyhow::Result<bool> {
+    let give_up = Instant::now() + patience;
+    let mut said = false;
+    loop {
+        let (busy0, total0) = machine_ticks()?;
+        sleep(Duration::from_secs(1));
+        let (busy1, total1) = machine_ticks()?;
+        let busy = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
+        if busy <= max_busy {
+            return Ok(true);
+        }
+        if Instant::now() > give_up {
+            return Ok(false);
+        }
+        if !said {
+            eprintln!(
+                "  waiting for the machine to quiet down ({:.0}% busy)",
+                busy * 100.0
+            );
+            said = true;
+        }
     }
 }
 
