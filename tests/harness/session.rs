@@ -67,7 +67,7 @@ impl QprofRun {
             }
             all
         });
-        let head = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let head = rx.recv_timeout(Duration::from_mins(1)).unwrap_or_default();
         let mut run = Self { child: ChildGuard(child), stderr: Some(reader), stdout, head };
         if !run.head.contains("qprof: recording") {
             let fin = run.wait();
@@ -85,7 +85,7 @@ impl QprofRun {
     /// Waits for qprof to exit (at most 120 s) and collects its output.
     #[must_use]
     pub fn wait(&mut self) -> Finished {
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let deadline = std::time::Instant::now() + Duration::from_mins(2);
         let status = loop {
             if let Ok(Some(status)) = self.child.0.try_wait() {
                 break status;
@@ -145,7 +145,7 @@ impl Fixture {
     fn expect_line(&self, prefix: &str) -> String {
         let line = self
             .lines
-            .recv_timeout(Duration::from_secs(120))
+            .recv_timeout(Duration::from_mins(2))
             .unwrap_or_else(|e| panic!("fixture did not print {prefix:?}: {e}"));
         assert!(line.starts_with(prefix), "expected {prefix:?}, got {line:?}");
         line
@@ -161,6 +161,7 @@ impl Fixture {
     }
 
     /// Lets the fixture exit (closes its stdin) and waits for it.
+    #[must_use]
     pub fn finish(mut self) -> ExitStatus {
         drop(self.stdin.take());
         self.child.0.wait().unwrap_or_else(|e| panic!("waiting for the fixture: {e}"))

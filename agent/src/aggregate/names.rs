@@ -1,4 +1,4 @@
-//! Names for syscall numbers and errnos (x86_64).
+//! Names for syscall numbers and errnos (`x86_64`).
 
 #[path = "names_table.rs"]
 mod table;

@@ -13,8 +13,6 @@ pub const POLL_EVERY: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, Copy)]
 pub struct Ended {
     pub elapsed: Duration,
-    /// Stopped by a signal before the duration was up.
-    pub interrupted: bool,
 }
 
 /// Waits up to `duration`, calling `poll` every [`POLL_EVERY`]; `poll`
@@ -47,7 +45,7 @@ pub fn wait(duration: Duration, unit: &str, mut poll: impl FnMut() -> u64) -> an
         if interrupted {
             eprintln!("qprof: interrupted after {:.1}s; reporting what was collected", elapsed.as_secs_f64());
         }
-        Ended { elapsed, interrupted }
+        Ended { elapsed }
     }))
 }
 

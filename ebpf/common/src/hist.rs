@@ -18,13 +18,14 @@ pub const BUCKETS: usize = LINEAR_LIMIT as usize + ((MAX_POW - 4) * SUB_BUCKETS)
 
 /// Bucket index of `value`. Branch-light and loop-free so that it verifies
 /// in BPF (`leading_zeros` lowers to bit operations).
+#[expect(clippy::inline_always, reason = "called from BPF programs, where it must be inlined")]
 #[inline(always)]
 #[must_use]
 pub const fn bucket_of(value: u64) -> usize {
     if value < LINEAR_LIMIT {
         return value as usize;
     }
-    let pow = 63 - value.leading_zeros();
+    let pow = value.ilog2();
     if pow >= MAX_POW {
         return BUCKETS - 1;
     }

@@ -25,7 +25,7 @@ pub const INFLIGHT_CAPACITY: u32 = 65_536;
 pub const COMMS_CAPACITY: u32 = 16_384;
 /// Pids given with `--pid`.
 pub const TARGET_PIDS_CAPACITY: u32 = 1_024;
-/// Syscall numbers with a slot in the `--syscall` filter (x86_64 uses < 512).
+/// Syscall numbers with a slot in the `--syscall` filter (`x86_64` uses < 512).
 pub const MAX_SYSCALL_NR: u32 = 1_024;
 
 /// Key of `SYS_STATS`.

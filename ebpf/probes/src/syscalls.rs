@@ -70,8 +70,20 @@ pub fn on_enter(ctx: &RawTracePointContext) {
     if !wanted((pid_tgid >> 32) as u32, nr) {
         return;
     }
+    let tid = pid_tgid as u32;
+    // The common case rewrites the thread's entry in place: a map update or
+    // delete per syscall costs several times a lookup.
+    if let Some(slot) = SYS_INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: a live value of this thread's entry; only this thread
+        // writes it (enter and exit of one thread never overlap).
+        unsafe {
+            (*slot).start_ns = now_ns();
+            (*slot).nr = nr;
+        }
+        return;
+    }
     let inflight = Inflight { start_ns: now_ns(), nr, pad: 0 };
-    if SYS_INFLIGHT.insert(pid_tgid as u32, inflight, 0).is_err() {
+    if SYS_INFLIGHT.insert(tid, inflight, 0).is_err() {
         bump(Counter::SyscallInflightFull);
     }
 }
@@ -100,9 +112,17 @@ pub fn on_exit(ctx: &RawTracePointContext) {
     let now = now_ns();
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(inflight) = (unsafe { SYS_INFLIGHT.get(tid) }).copied() else { return };
-    let _ = SYS_INFLIGHT.remove(tid);
+    let Some(slot) = SYS_INFLIGHT.get_ptr_mut(tid) else { return };
+    // SAFETY: this thread's entry (see on_enter); copied, then marked consumed
+    // so that an exit without a traced enter (a filtered syscall) is skipped.
+    let inflight = unsafe {
+        let copy = *slot;
+        (*slot).start_ns = 0;
+        copy
+    };
+    if inflight.start_ns == 0 {
+        return;
+    }
     let ret: i64 = ctx.arg(1);
     let key = SysKey { pid: (pid_tgid >> 32) as u32, nr: inflight.nr };
     let latency = now.saturating_sub(inflight.start_ns);

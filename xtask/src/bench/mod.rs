@@ -5,6 +5,7 @@ mod cpu;
 mod cpu_report;
 mod perf_post;
 mod process;
+mod syscalls;
 
 use std::process::ExitCode;
 
@@ -23,10 +24,13 @@ pub enum Which {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Syscall tracing: ns added per getppid vs untraced and vs bpftrace.
+    Syscalls,
 }
 
 pub fn run(which: &Which) -> anyhow::Result<ExitCode> {
     match *which {
         Which::Cpu { seconds, rounds } => cpu::run(seconds, rounds),
+        Which::Syscalls => syscalls::run(),
     }
 }
