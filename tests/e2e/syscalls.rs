@@ -11,8 +11,10 @@ use serde_json::Value;
 
 /// Rows of a `--json` report for one pid, by syscall name.
 fn rows_for(json: &Path, pid: u32) -> std::collections::HashMap<String, Value> {
-    let text = std::fs::read_to_string(json).unwrap_or_else(|e| panic!("reading {}: {e}", json.display()));
-    let rows: Vec<Value> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON: {e}: {text}"));
+    let text =
+        std::fs::read_to_string(json).unwrap_or_else(|e| panic!("reading {}: {e}", json.display()));
+    let rows: Vec<Value> =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON: {e}: {text}"));
     rows.into_iter()
         .filter(|r| r["pid"] == pid)
         .map(|r| (r["syscall"].as_str().unwrap_or_default().to_owned(), r))
@@ -28,7 +30,11 @@ fn strace_counts(text: &str) -> std::collections::HashMap<String, (u64, u64)> {
         if cols.len() >= 5 && cols[0].parse::<f64>().is_ok() {
             let name = cols[cols.len() - 1].to_owned();
             let calls = cols[3].parse().unwrap_or(0);
-            let errors = if cols.len() == 6 { cols[4].parse().unwrap_or(0) } else { 0 };
+            let errors = if cols.len() == 6 {
+                cols[4].parse().unwrap_or(0)
+            } else {
+                0
+            };
             out.insert(name, (calls, errors));
         }
     }
@@ -46,12 +52,29 @@ fn counts_are_exact_and_match_strace() {
     let strace_out = dir.join("strace.txt");
     let mut fx = Fixture::start(
         Path::new("strace"),
-        &["-f", "-c", "-o", strace_out.to_str().unwrap_or_default(), "-e", "trace=getppid,open,nanosleep",
-          fixture.to_str().unwrap_or_default(), "counts"],
+        &[
+            "-f",
+            "-c",
+            "-o",
+            strace_out.to_str().unwrap_or_default(),
+            "-e",
+            "trace=getppid,open,nanosleep",
+            fixture.to_str().unwrap_or_default(),
+            "counts",
+        ],
     );
     let json = dir.join("sys.json");
     let pid = fx.pid.to_string();
-    let mut qprof = QprofRun::start(&["record", "syscalls", "--pid", &pid, "--duration", "60s", "--json", json.to_str().unwrap_or_default()]);
+    let mut qprof = QprofRun::start(&[
+        "record",
+        "syscalls",
+        "--pid",
+        &pid,
+        "--duration",
+        "60s",
+        "--json",
+        json.to_str().unwrap_or_default(),
+    ]);
     fx.run_to_done();
     qprof.interrupt();
     let fin = qprof.wait();
@@ -65,15 +88,35 @@ fn counts_are_exact_and_match_strace() {
     assert_eq!(rows["open"]["calls"], 1_000);
     assert_eq!(rows["open"]["errors"], serde_json::json!({"ENOENT": 1000}));
     let strace = strace_counts(&std::fs::read_to_string(&strace_out).unwrap_or_default());
-    assert_eq!(strace.get("getppid"), Some(&(100_000, 0)), "strace: {strace:?}");
-    assert_eq!(strace.get("open"), Some(&(1_000, 1_000)), "strace: {strace:?}");
+    assert_eq!(
+        strace.get("getppid"),
+        Some(&(100_000, 0)),
+        "strace: {strace:?}"
+    );
+    assert_eq!(
+        strace.get("open"),
+        Some(&(1_000, 1_000)),
+        "strace: {strace:?}"
+    );
     assert_eq!(rows["nanosleep"]["calls"], strace["nanosleep"].0);
 
     // 200 sleeps of 1 ms and 20 of 10 ms: p50 ~1 ms, p99 in the 10 ms group.
     let ns = |k: &str| rows["nanosleep"][k].as_u64().unwrap_or(0) as f64;
-    assert!((0.9e6..1.6e6).contains(&ns("p50_ns")), "p50 {}", ns("p50_ns"));
-    assert!((0.9e7..1.3e7).contains(&ns("p99_ns")), "p99 {}", ns("p99_ns"));
-    assert!(ns("max_ns") >= 1.0e7 && ns("total_ns") >= 0.4e9, "{:?}", rows["nanosleep"]);
+    assert!(
+        (0.9e6..1.6e6).contains(&ns("p50_ns")),
+        "p50 {}",
+        ns("p50_ns")
+    );
+    assert!(
+        (0.9e7..1.3e7).contains(&ns("p99_ns")),
+        "p99 {}",
+        ns("p99_ns")
+    );
+    assert!(
+        ns("max_ns") >= 1.0e7 && ns("total_ns") >= 0.4e9,
+        "{:?}",
+        rows["nanosleep"]
+    );
 }
 
 /// A process with 2,000 threads: every thread's calls are counted once.
@@ -85,14 +128,30 @@ fn thousands_of_threads_are_counted() {
     let mut fx = Fixture::start(&fixture, &["threads"]);
     let json = dir.join("threads.json");
     let pid = fx.pid.to_string();
-    let mut qprof = QprofRun::start(&["record", "syscalls", "--pid", &pid, "--syscall", "getppid", "--duration", "60s", "--json", json.to_str().unwrap_or_default()]);
+    let mut qprof = QprofRun::start(&[
+        "record",
+        "syscalls",
+        "--pid",
+        &pid,
+        "--syscall",
+        "getppid",
+        "--duration",
+        "60s",
+        "--json",
+        json.to_str().unwrap_or_default(),
+    ]);
     fx.run_to_done();
     qprof.interrupt();
     let fin = qprof.wait();
     assert!(fin.status.success(), "qprof failed: {}", fin.stderr);
     let rows = rows_for(&json, fx.pid);
     assert_eq!(rows["getppid"]["calls"], 100_000);
-    assert_eq!(rows.len(), 1, "--syscall getppid must filter out the rest: {:?}", rows.keys());
+    assert_eq!(
+        rows.len(),
+        1,
+        "--syscall getppid must filter out the rest: {:?}",
+        rows.keys()
+    );
     assert!(fx.finish().success());
 }
 
@@ -105,16 +164,38 @@ fn map_overflow_is_counted_and_reported() {
     let fixture = build_fixture("syscalls_fixed", dir.path());
     let mut fx = Fixture::start(&fixture, &["pairs"]);
     let json = dir.join("pairs.json");
-    let mut qprof = QprofRun::start(&["record", "syscalls", "--comm", "syscalls_fixed", "--duration", "120s", "--json", json.to_str().unwrap_or_default()]);
+    let mut qprof = QprofRun::start(&[
+        "record",
+        "syscalls",
+        "--comm",
+        "syscalls_fixed",
+        "--duration",
+        "120s",
+        "--json",
+        json.to_str().unwrap_or_default(),
+    ]);
     fx.run_to_done();
     qprof.interrupt();
     let fin = qprof.wait();
     assert!(fin.status.success(), "qprof failed: {}", fin.stderr);
-    assert!(fin.stderr.contains("syscall_map_full="), "overflow not reported: {}", fin.stderr);
-    let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default()).unwrap_or_default();
-    assert!(rows.len() > 10_000 && rows.len() <= 16_384, "{} rows", rows.len());
+    assert!(
+        fin.stderr.contains("syscall_map_full="),
+        "overflow not reported: {}",
+        fin.stderr
+    );
+    let rows: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default())
+            .unwrap_or_default();
+    assert!(
+        rows.len() > 10_000 && rows.len() <= 16_384,
+        "{} rows",
+        rows.len()
+    );
     // The children exited long before the report; their names were kept.
-    assert!(rows.iter().all(|r| r["comm"] == "syscalls_fixed"), "comm lost for exited children");
+    assert!(
+        rows.iter().all(|r| r["comm"] == "syscalls_fixed"),
+        "comm lost for exited children"
+    );
     assert!(fx.finish().success());
 }
 
@@ -122,16 +203,53 @@ fn map_overflow_is_counted_and_reported() {
 #[test]
 fn bad_syscall_inputs() {
     require_root();
-    assert_fails_with(&run_qprof(&["record", "syscalls", "--syscall", "getpidd"]), "unknown syscall 'getpidd'");
-    assert_fails_with(&run_qprof(&["record", "syscalls", "--syscall", "getpidd"]), "did you mean");
-    assert_fails_with(&run_qprof(&["record", "syscalls", "--comm", "a-name-far-too-long-for-comm"]), "invalid --comm");
-    assert_fails_with(&run_qprof(&["record", "syscalls", "--top", "0"]), "invalid --top '0'");
-    assert_fails_with(&run_qprof(&["record", "syscalls", "--duration", "soon"]), "invalid duration");
-    assert_fails_with(&run_qprof(&["record", "syscalls", "--json", "/nonexistent-qprof-dir/s.json"]), "/nonexistent-qprof-dir does not exist");
+    assert_fails_with(
+        &run_qprof(&["record", "syscalls", "--syscall", "getpidd"]),
+        "unknown syscall 'getpidd'",
+    );
+    assert_fails_with(
+        &run_qprof(&["record", "syscalls", "--syscall", "getpidd"]),
+        "did you mean",
+    );
+    assert_fails_with(
+        &run_qprof(&[
+            "record",
+            "syscalls",
+            "--comm",
+            "a-name-far-too-long-for-comm",
+        ]),
+        "invalid --comm",
+    );
+    assert_fails_with(
+        &run_qprof(&["record", "syscalls", "--top", "0"]),
+        "invalid --top '0'",
+    );
+    assert_fails_with(
+        &run_qprof(&["record", "syscalls", "--duration", "soon"]),
+        "invalid duration",
+    );
+    assert_fails_with(
+        &run_qprof(&[
+            "record",
+            "syscalls",
+            "--json",
+            "/nonexistent-qprof-dir/s.json",
+        ]),
+        "/nonexistent-qprof-dir does not exist",
+    );
     let out = run_qprof(&["record", "syscalls", "--pid", "4194304"]);
     assert_fails_with(&out, "no process with pid 4194304");
     // A comm that no process has yet is not an error: it may start later.
-    let out = run_qprof(&["record", "syscalls", "--comm", "no-such-proc", "--duration", "300ms", "--json", "-"]);
+    let out = run_qprof(&[
+        "record",
+        "syscalls",
+        "--comm",
+        "no-such-proc",
+        "--duration",
+        "300ms",
+        "--json",
+        "-",
+    ]);
     assert!(out.status.success(), "{}", qprof_e2e::stderr(&out));
     assert!(qprof_e2e::stderr(&out).contains("no running process is named 'no-such-proc'"));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");

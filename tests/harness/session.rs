@@ -68,7 +68,12 @@ impl QprofRun {
             all
         });
         let head = rx.recv_timeout(Duration::from_mins(1)).unwrap_or_default();
-        let mut run = Self { child: ChildGuard(child), stderr: Some(reader), stdout, head };
+        let mut run = Self {
+            child: ChildGuard(child),
+            stderr: Some(reader),
+            stdout,
+            head,
+        };
         if !run.head.contains("qprof: recording") {
             let fin = run.wait();
             panic!("qprof did not start recording: {fin:?}");
@@ -96,9 +101,21 @@ impl QprofRun {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_else(|| self.head.clone());
-        let stdout = self.stdout.take().and_then(|h| h.join().ok()).unwrap_or_default();
-        Finished { status, stdout, stderr }
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_else(|| self.head.clone());
+        let stdout = self
+            .stdout
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        Finished {
+            status,
+            stdout,
+            stderr,
+        }
     }
 }
 
@@ -132,7 +149,12 @@ impl Fixture {
                 }
             }
         });
-        let mut fixture = Self { child: ChildGuard(child), stdin, lines, pid: 0 };
+        let mut fixture = Self {
+            child: ChildGuard(child),
+            stdin,
+            lines,
+            pid: 0,
+        };
         let ready = fixture.expect_line("ready");
         fixture.pid = ready
             .split("pid=")
@@ -147,7 +169,10 @@ impl Fixture {
             .lines
             .recv_timeout(Duration::from_mins(2))
             .unwrap_or_else(|e| panic!("fixture did not print {prefix:?}: {e}"));
-        assert!(line.starts_with(prefix), "expected {prefix:?}, got {line:?}");
+        assert!(
+            line.starts_with(prefix),
+            "expected {prefix:?}, got {line:?}"
+        );
         line
     }
 
@@ -164,6 +189,9 @@ impl Fixture {
     #[must_use]
     pub fn finish(mut self) -> ExitStatus {
         drop(self.stdin.take());
-        self.child.0.wait().unwrap_or_else(|e| panic!("waiting for the fixture: {e}"))
+        self.child
+            .0
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for the fixture: {e}"))
     }
 }

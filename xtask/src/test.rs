@@ -17,6 +17,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("gcc", "gcc"),            // builds the fixture programs with frame pointers
     ("strace", "strace"),      // the reference for syscall counts
     ("util-linux", "setpriv"), // runs qprof without privileges in a bad-input test
+    ("iproute2", "ss"),        // `ss -ti` RTTs and `ip netns` for the TCP tests
+    ("nftables", "nft"),       // drops packets in a test namespace: real retransmits
 ];
 
 pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {

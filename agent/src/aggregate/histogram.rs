@@ -13,7 +13,10 @@ pub struct LogHistogram {
 
 impl Default for LogHistogram {
     fn default() -> Self {
-        Self { buckets: vec![0; BUCKETS], max: 0 }
+        Self {
+            buckets: vec![0; BUCKETS],
+            max: 0,
+        }
     }
 }
 
@@ -64,7 +67,11 @@ impl LogHistogram {
             seen += c;
             if seen >= rank {
                 let (lo, hi) = (bucket_low(i), bucket_high(i));
-                let mid = if hi == u64::MAX { lo } else { lo + (hi - lo) / 2 };
+                let mid = if hi == u64::MAX {
+                    lo
+                } else {
+                    lo + (hi - lo) / 2
+                };
                 return if self.max > 0 { mid.min(self.max) } else { mid };
             }
         }
@@ -85,7 +92,10 @@ mod tests {
         }
         for (q, truth) in [(0.5, 5_000_000.0), (0.95, 9_500_000.0), (0.99, 9_900_000.0)] {
             let got = h.percentile(q) as f64;
-            assert!((got - truth).abs() / truth < 0.07, "q={q}: {got} vs {truth}");
+            assert!(
+                (got - truth).abs() / truth < 0.07,
+                "q={q}: {got} vs {truth}"
+            );
         }
         assert_eq!(h.max(), 10_000_000);
         assert_eq!(h.count(), 10_000);

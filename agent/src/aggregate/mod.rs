@@ -4,3 +4,4 @@ pub mod histogram;
 pub mod names;
 pub mod stacks;
 pub mod syscalls;
+pub mod tcp;

@@ -6,7 +6,10 @@ mod table;
 use table::{ERRNOS, SYSCALLS};
 
 fn lookup(table: &[(u32, &'static str)], key: u32) -> Option<&'static str> {
-    table.binary_search_by_key(&key, |&(k, _)| k).ok().map(|i| table[i].1)
+    table
+        .binary_search_by_key(&key, |&(k, _)| k)
+        .ok()
+        .map(|i| table[i].1)
 }
 
 /// Name of syscall `nr`, or `syscall_<nr>` for numbers this table does not
@@ -30,7 +33,12 @@ pub fn syscall_number(name: &str) -> Option<u32> {
 #[must_use]
 pub fn similar_syscalls(name: &str) -> Vec<&'static str> {
     let prefix: String = name.chars().take(3).collect();
-    SYSCALLS.iter().map(|&(_, n)| n).filter(|n| !prefix.is_empty() && n.starts_with(&prefix)).take(5).collect()
+    SYSCALLS
+        .iter()
+        .map(|&(_, n)| n)
+        .filter(|n| !prefix.is_empty() && n.starts_with(&prefix))
+        .take(5)
+        .collect()
 }
 
 /// Name of errno `errno` (`EAGAIN`, ...), or `E<number>` when unknown.

@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 
-/// One distinct (process, thread, user stack, kernel stack) and how often it
-/// was sampled. Frames are instruction pointers, leaf first.
+/// One distinct (process, thread, user stack, kernel stack, labels) and its
+/// values (e.g. CPU: samples and nanoseconds; off-CPU: blocks and blocked
+/// nanoseconds). Frames are instruction pointers, leaf first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawStack {
     pub pid: u32,
@@ -11,11 +12,14 @@ pub struct RawStack {
     pub comm: String,
     pub user: Vec<u64>,
     pub kernel: Vec<u64>,
-    pub count: u64,
+    /// One value per sample type of the profile being built.
+    pub values: Vec<i64>,
+    /// Extra string labels (beyond pid and comm), e.g. the thread state.
+    pub labels: Vec<(String, String)>,
 }
 
 /// Identity of a stack for merging: everything but the count.
-type StackId = (u32, u32, String, Vec<u64>, Vec<u64>);
+type StackId = (u32, u32, String, Vec<u64>, Vec<u64>, Vec<(String, String)>);
 
 /// Stacks merged by identity. Two kernel keys can resolve to the same frames
 /// (e.g. one stack id reused after a collision); merging keeps one sample.
@@ -33,9 +37,13 @@ impl StackCounts {
             stack.comm.clone(),
             stack.user.clone(),
             stack.kernel.clone(),
+            stack.labels.clone(),
         );
         if let Some(&i) = self.index.get(&id) {
-            self.stacks[i].count += stack.count;
+            let merged = &mut self.stacks[i].values;
+            for (m, v) in merged.iter_mut().zip(&stack.values) {
+                *m += v;
+            }
         } else {
             self.index.insert(id, self.stacks.len());
             self.stacks.push(stack);
@@ -47,10 +55,10 @@ impl StackCounts {
         &self.stacks
     }
 
-    /// Sum of all counts.
+    /// Sum of value `index` over all stacks.
     #[must_use]
-    pub fn total(&self) -> u64 {
-        self.stacks.iter().map(|s| s.count).sum()
+    pub fn total(&self, index: usize) -> i64 {
+        self.stacks.iter().filter_map(|s| s.values.get(index)).sum()
     }
 
     #[must_use]
@@ -68,14 +76,15 @@ impl StackCounts {
 mod tests {
     use super::*;
 
-    fn stack(pid: u32, user: &[u64], count: u64) -> RawStack {
+    fn stack(pid: u32, user: &[u64], count: i64) -> RawStack {
         RawStack {
             pid,
             tid: pid,
             comm: "w".into(),
             user: user.to_vec(),
             kernel: vec![],
-            count,
+            values: vec![count, count * 10],
+            labels: vec![],
         }
     }
 
@@ -87,7 +96,8 @@ mod tests {
         counts.add(stack(1, &[1, 2], 4));
         counts.add(stack(2, &[1, 2], 5));
         assert_eq!(counts.len(), 2);
-        assert_eq!(counts.stacks()[0].count, 7);
-        assert_eq!(counts.total(), 12);
+        assert_eq!(counts.stacks()[0].values, [7, 70]);
+        assert_eq!(counts.total(0), 12);
+        assert_eq!(counts.total(1), 120);
     }
 }

@@ -48,7 +48,16 @@ pub struct SyscallRow {
 
 impl SyscallTable {
     /// Adds one CPU's (or one source's) counts for `(pid, nr)`.
-    pub fn add(&mut self, pid: u32, nr: u32, calls: u64, errors: u64, total_ns: u64, max_ns: u64, buckets: &[u32]) {
+    pub fn add(
+        &mut self,
+        pid: u32,
+        nr: u32,
+        calls: u64,
+        errors: u64,
+        total_ns: u64,
+        max_ns: u64,
+        buckets: &[u32],
+    ) {
         let entry = self.entries.entry((pid, nr)).or_default();
         entry.calls += calls;
         entry.errors += errors;
@@ -128,7 +137,10 @@ mod tests {
         let rows = t.rows();
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
-        assert_eq!((r.pid, r.comm.as_str(), r.syscall.as_str()), (7, "cat", "openat"));
+        assert_eq!(
+            (r.pid, r.comm.as_str(), r.syscall.as_str()),
+            (7, "cat", "openat")
+        );
         assert_eq!((r.calls, r.total_ns, r.max_ns), (3, 1_300, 1_000));
         assert_eq!(r.errors.get("ENOENT"), Some(&2));
         assert!(r.p50_ns >= 180 && r.p50_ns <= 220, "p50 {}", r.p50_ns);
@@ -143,11 +155,19 @@ mod tests {
         let rows = t.rows();
         assert_eq!(rows[0].syscall, "write");
         let json = serde_json::to_value(&rows[0]).expect("json");
-        let mut keys: Vec<&str> = json.as_object().expect("object").keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
         keys.sort_unstable();
         assert_eq!(
             keys,
-            ["calls", "comm", "errors", "max_ns", "p50_ns", "p95_ns", "p99_ns", "pid", "syscall", "total_ns"]
+            [
+                "calls", "comm", "errors", "max_ns", "p50_ns", "p95_ns", "p99_ns", "pid",
+                "syscall", "total_ns"
+            ]
         );
     }
 }

@@ -17,12 +17,21 @@ pub struct Ended {
 
 /// Waits up to `duration`, calling `poll` every [`POLL_EVERY`]; `poll`
 /// returns the count shown as progress (`unit`, e.g. "samples").
-pub fn wait(duration: Duration, unit: &str, mut poll: impl FnMut() -> u64) -> anyhow::Result<Ended> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub fn wait(
+    duration: Duration,
+    unit: &str,
+    mut poll: impl FnMut() -> u64,
+) -> anyhow::Result<Ended> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     Ok(runtime.block_on(async {
         let start = Instant::now();
         // Probes are attached by now; tests (and people) wait for this line.
-        eprintln!("qprof: recording for {:.1}s (Ctrl-C to stop early)", duration.as_secs_f64());
+        eprintln!(
+            "qprof: recording for {:.1}s (Ctrl-C to stop early)",
+            duration.as_secs_f64()
+        );
         let deadline = start + duration;
         let progress = Progress::new();
         let mut stop = std::pin::pin!(shutdown_signal());
@@ -43,7 +52,10 @@ pub fn wait(duration: Duration, unit: &str, mut poll: impl FnMut() -> u64) -> an
         progress.finish();
         let elapsed = start.elapsed();
         if interrupted {
-            eprintln!("qprof: interrupted after {:.1}s; reporting what was collected", elapsed.as_secs_f64());
+            eprintln!(
+                "qprof: interrupted after {:.1}s; reporting what was collected",
+                elapsed.as_secs_f64()
+            );
         }
         Ended { elapsed }
     }))

@@ -41,7 +41,6 @@ pub enum Record {
     Tcp(RecordTcpArgs),
 }
 
-
 #[derive(Debug, Args)]
 pub struct RecordSyscallsArgs {
     /// Trace only this process (repeatable); default: every process.

@@ -21,13 +21,18 @@ use crate::{
 pub fn run(args: &RecordCpuArgs) -> anyhow::Result<()> {
     validate(args)?;
     let started_at = SystemTime::now();
-    let config = CpuConfig { hz: args.hz, pids: args.pids.clone() };
+    let config = CpuConfig {
+        hz: args.hz,
+        pids: args.pids.clone(),
+    };
     let mut sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
     let ended = capture_loop::wait(args.duration, "samples", || {
         sampler.poll_new_processes();
         sampler.samples_so_far().unwrap_or(0)
     })?;
-    let capture = sampler.finish().context("reading the capture out of the kernel")?;
+    let capture = sampler
+        .finish()
+        .context("reading the capture out of the kernel")?;
     write_outputs(args, &capture, started_at, ended.elapsed)
 }
 
@@ -113,7 +118,7 @@ fn write_outputs(
 }
 
 fn summarize(args: &RecordCpuArgs, capture: &CpuCapture) {
-    let counted = capture.stacks.total();
+    let counted = capture.stacks.total(0);
     eprintln!(
         "qprof: {} samples ({} distinct stacks) written to {}",
         counted,

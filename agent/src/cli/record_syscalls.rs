@@ -20,8 +20,12 @@ use crate::{
 pub fn run(args: &RecordSyscallsArgs) -> anyhow::Result<()> {
     let config = validate(args)?;
     let tracer = SyscallTracer::start(&config).context("starting the syscall tracer")?;
-    let ended = capture_loop::wait(args.duration, "(pid, syscall) pairs", || tracer.pairs_so_far())?;
-    let table = tracer.finish().context("reading syscall statistics out of the kernel")?;
+    let ended = capture_loop::wait(args.duration, "(pid, syscall) pairs", || {
+        tracer.pairs_so_far()
+    })?;
+    let table = tracer
+        .finish()
+        .context("reading syscall statistics out of the kernel")?;
     let rows = table.rows();
     match &args.json {
         Some(path) => report::write_json(path, &rows)?,
@@ -34,8 +38,15 @@ pub fn run(args: &RecordSyscallsArgs) -> anyhow::Result<()> {
         ended.elapsed.as_secs_f64()
     );
     if !table.drops.is_empty() {
-        let lost: Vec<String> = table.drops.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        eprintln!("qprof: some data could not be kept (maps full): {}", lost.join(", "));
+        let lost: Vec<String> = table
+            .drops
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        eprintln!(
+            "qprof: some data could not be kept (maps full): {}",
+            lost.join(", ")
+        );
     }
     Ok(())
 }
@@ -51,7 +62,11 @@ fn validate(args: &RecordSyscallsArgs) -> anyhow::Result<SyscallConfig> {
     for name in &args.syscalls {
         let Some(nr) = syscall_number(name) else {
             let hints = similar_syscalls(name);
-            let hint = if hints.is_empty() { String::new() } else { format!("; did you mean {}?", hints.join(", ")) };
+            let hint = if hints.is_empty() {
+                String::new()
+            } else {
+                format!("; did you mean {}?", hints.join(", "))
+            };
             bail!("unknown syscall '{name}' (x86_64 names, e.g. openat, getppid){hint}");
         };
         syscalls.push(nr);
@@ -66,14 +81,19 @@ fn validate(args: &RecordSyscallsArgs) -> anyhow::Result<SyscallConfig> {
     }
     preflight::check_capabilities()?;
     preflight::check_btf()?;
-    Ok(SyscallConfig { pids: args.pids.clone(), comm: args.comm.clone(), syscalls })
+    Ok(SyscallConfig {
+        pids: args.pids.clone(),
+        comm: args.comm.clone(),
+        syscalls,
+    })
 }
 
 fn any_process_named(comm: &str) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
-    dir.filter_map(Result::ok).any(|e| {
-        std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == comm)
-    })
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(Result::ok)
+        .any(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == comm))
 }
 
 /// The table: top `top` rows by total time.
@@ -83,13 +103,22 @@ fn render(rows: &[SyscallRow], top: usize) -> String {
         .take(top)
         .map(|r| {
             let errors: u64 = r.errors.values().sum();
-            let top_errno = r.errors.iter().max_by_key(|(_, c)| **c).map(|(n, _)| format!(" ({n})")).unwrap_or_default();
+            let top_errno = r
+                .errors
+                .iter()
+                .max_by_key(|(_, c)| **c)
+                .map(|(n, _)| format!(" ({n})"))
+                .unwrap_or_default();
             vec![
                 r.pid.to_string(),
                 r.comm.clone(),
                 r.syscall.clone(),
                 r.calls.to_string(),
-                if errors == 0 { "0".to_owned() } else { format!("{errors}{top_errno}") },
+                if errors == 0 {
+                    "0".to_owned()
+                } else {
+                    format!("{errors}{top_errno}")
+                },
                 report::human_ns(r.total_ns),
                 report::human_ns(r.p50_ns),
                 report::human_ns(r.p95_ns),
@@ -98,5 +127,10 @@ fn render(rows: &[SyscallRow], top: usize) -> String {
             ]
         })
         .collect();
-    report::table(&["PID", "COMM", "SYSCALL", "CALLS", "ERRORS", "TOTAL", "P50", "P95", "P99", "MAX"], &body)
+    report::table(
+        &[
+            "PID", "COMM", "SYSCALL", "CALLS", "ERRORS", "TOTAL", "P50", "P95", "P99", "MAX",
+        ],
+        &body,
+    )
 }

@@ -27,7 +27,9 @@ pub fn write_json<T: Serialize>(path: &Path, rows: &[T]) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(rows).context("encoding JSON")?;
     text.push('\n');
     if is_stdout(path) {
-        std::io::stdout().write_all(text.as_bytes()).context("writing JSON to stdout")?;
+        std::io::stdout()
+            .write_all(text.as_bytes())
+            .context("writing JSON to stdout")?;
     } else {
         files::write_private(path, text.as_bytes())?;
         eprintln!("qprof: wrote {}", path.display());
@@ -48,7 +50,13 @@ pub fn human_ns(ns: u64) -> String {
     } else {
         (ns / 1e9, "s")
     };
-    if value < 10.0 { format!("{value:.2}{unit}") } else if value < 100.0 { format!("{value:.1}{unit}") } else { format!("{value:.0}{unit}") }
+    if value < 10.0 {
+        format!("{value:.2}{unit}")
+    } else if value < 100.0 {
+        format!("{value:.1}{unit}")
+    } else {
+        format!("{value:.0}{unit}")
+    }
 }
 
 /// Left-aligned text columns with a header; widths fit the content.

@@ -64,7 +64,9 @@ pub fn parse_comm(text: &str) -> Result<String, String> {
 /// Row count for tables: at least 1.
 pub fn parse_top(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
-        Ok(0) | Err(_) => Err(format!("invalid --top '{text}': expected a positive integer")),
+        Ok(0) | Err(_) => Err(format!(
+            "invalid --top '{text}': expected a positive integer"
+        )),
         Ok(n) => Ok(n),
     }
 }

@@ -3,7 +3,7 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, StackTraceMap},
     programs::{
         PerfEvent,
         perf_event::{
@@ -14,13 +14,15 @@ use aya::{
 use qprof_common::{
     counters::{Counter, MAP_DROP_COUNTERS},
     cpu::{
-        CONFIG_FILTER_BY_PID, MAP_CONFIG, MAP_NEW_PIDS, MAP_SAMPLE_TOTAL, MAP_STACK_COUNTS,
-        MAP_STACK_TRACES, MAP_TARGET_PIDS, NewPid, StackKey,
+        CONFIG_FILTER_BY_PID, MAP_CONFIG, MAP_SAMPLE_TOTAL, MAP_STACK_COUNTS, MAP_STACK_TRACES,
+        MAP_TARGET_PIDS, StackKey,
     },
 };
 
 use super::{
-    ProbeError, load_object,
+    ProbeError,
+    discovery::NewPidWatcher,
+    load_object,
     process_maps::ProcessMaps,
     unwind::{FramePointerStacks, StackSource},
 };
@@ -42,8 +44,9 @@ pub struct CpuConfig {
 pub struct CpuSampler {
     ebpf: Ebpf,
     links: Vec<PerfEventLinkId>,
-    new_pids: RingBuf<MapData>,
-    maps: ProcessMaps,
+    watcher: NewPidWatcher,
+    /// Nanoseconds one sample stands for (1e9 / hz).
+    period: i64,
 }
 
 /// Everything a capture produced, ready for symbolization.
@@ -87,21 +90,13 @@ impl CpuSampler {
             cfg.set(CONFIG_FILTER_BY_PID, 1, 0)
                 .map_err(map_err(MAP_CONFIG))?;
         }
-        let new_pids = RingBuf::try_from(
-            ebpf.take_map(MAP_NEW_PIDS)
-                .ok_or_else(|| missing_map(MAP_NEW_PIDS))?,
-        )
-        .map_err(map_err(MAP_NEW_PIDS))?;
+        let watcher = NewPidWatcher::new(&mut ebpf, &config.pids)?;
         let links = attach(&mut ebpf, config.hz)?;
-        let mut maps = ProcessMaps::default();
-        for &pid in &config.pids {
-            maps.snapshot(pid);
-        }
         Ok(Self {
             ebpf,
             links,
-            new_pids,
-            maps,
+            watcher,
+            period: 1_000_000_000 / config.hz.max(1) as i64,
         })
     }
 
@@ -109,15 +104,7 @@ impl CpuSampler {
     /// first time. Call often (every ~100 ms) so short-lived processes are
     /// caught while alive.
     pub fn poll_new_processes(&mut self) {
-        while let Some(item) = self.new_pids.next() {
-            if item.len() >= size_of::<NewPid>() {
-                // SAFETY: the kernel wrote a NewPid (repr(C), 8 bytes, any bit
-                // pattern valid) and the length was checked; read_unaligned
-                // because ring-buffer records are only 8-byte aligned by contract.
-                let rec = unsafe { item.as_ptr().cast::<NewPid>().read_unaligned() };
-                self.maps.snapshot(rec.pid);
-            }
-        }
+        self.watcher.poll();
     }
 
     /// Samples taken so far (cheap: one per-CPU array lookup).
@@ -138,19 +125,13 @@ impl CpuSampler {
     /// Stops sampling and reads everything out of the kernel.
     pub fn finish(mut self) -> Result<CpuCapture, ProbeError> {
         self.detach()?;
-        self.poll_new_processes();
-        let pids: Vec<u32> = self.maps.pids().collect();
-        for pid in pids {
-            // Re-read live processes: libraries dlopen()ed after the first
-            // snapshot would otherwise show as raw addresses.
-            self.maps.snapshot(pid);
-        }
         let total_samples = self.samples_so_far()?;
         let drops = self.drop_counters()?;
         let stacks = self.read_stacks()?;
+        let maps = self.watcher.finish();
         Ok(CpuCapture {
             stacks,
-            maps: self.maps,
+            maps,
             total_samples,
             drops,
         })
@@ -184,8 +165,8 @@ impl CpuSampler {
                 out.push((counter.name(), sum));
             }
         }
-        if self.maps.dropped > 0 {
-            out.push(("process_table_full", self.maps.dropped));
+        if self.watcher.maps.dropped > 0 {
+            out.push(("process_table_full", self.watcher.maps.dropped));
         }
         Ok(out)
     }
@@ -207,14 +188,15 @@ impl CpuSampler {
         let mut stacks = StackCounts::default();
         for entry in &counts {
             let (key, values) = entry.map_err(map_err(MAP_STACK_COUNTS))?;
-            let count: u64 = values.iter().sum();
+            let count = values.iter().sum::<u64>() as i64;
             stacks.add(RawStack {
                 pid: key.pid,
                 tid: key.tid,
                 comm: comm_string(&key.comm),
                 user: source.frames(key.user_stack_id).unwrap_or_default(),
                 kernel: source.frames(key.kernel_stack_id).unwrap_or_default(),
-                count,
+                values: vec![count, count * self.period],
+                labels: Vec::new(),
             });
         }
         Ok(stacks)

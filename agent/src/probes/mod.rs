@@ -2,9 +2,11 @@
 //! capability, plus the pre-flight checks and process discovery they share.
 
 pub mod cpu;
+pub mod discovery;
 pub mod preflight;
 pub mod process_maps;
 pub mod syscalls;
+pub mod tcp;
 pub mod tracefs;
 pub mod unwind;
 

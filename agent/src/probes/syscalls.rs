@@ -41,12 +41,17 @@ fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> P
     move |source| ProbeError::Program { name, source }
 }
 
-fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, ProbeError> {
-    ebpf.map_mut(name).ok_or(ProbeError::Missing { kind: "map", name })
+fn map_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::maps::Map, ProbeError> {
+    ebpf.map_mut(name)
+        .ok_or(ProbeError::Missing { kind: "map", name })
 }
 
 fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, ProbeError> {
-    ebpf.map(name).ok_or(ProbeError::Missing { kind: "map", name })
+    ebpf.map(name)
+        .ok_or(ProbeError::Missing { kind: "map", name })
 }
 
 impl SyscallTracer {
@@ -58,7 +63,10 @@ impl SyscallTracer {
         for (program, tracepoint) in PROGRAMS {
             let prog: &mut RawTracePoint = ebpf
                 .program_mut(program)
-                .ok_or(ProbeError::Missing { kind: "program", name: program })?
+                .ok_or(ProbeError::Missing {
+                    kind: "program",
+                    name: program,
+                })?
                 .try_into()
                 .map_err(prog_err(program))?;
             prog.load().map_err(prog_err(program))?;
@@ -82,7 +90,10 @@ impl SyscallTracer {
             let prog: &mut RawTracePoint = self
                 .ebpf
                 .program_mut(program)
-                .ok_or(ProbeError::Missing { kind: "program", name: program })?
+                .ok_or(ProbeError::Missing {
+                    kind: "program",
+                    name: program,
+                })?
                 .try_into()
                 .map_err(prog_err(program))?;
             prog.detach(link).map_err(prog_err(program))?;
@@ -93,7 +104,9 @@ impl SyscallTracer {
         for entry in &stats {
             let (key, per_cpu) = entry.map_err(map_err(MAP_STATS))?;
             for s in per_cpu.iter() {
-                table.add(key.pid, key.nr, s.calls, s.errors, s.total_ns, s.max_ns, &s.buckets);
+                table.add(
+                    key.pid, key.nr, s.calls, s.errors, s.total_ns, s.max_ns, &s.buckets,
+                );
             }
         }
         let errnos: PerCpuHashMap<_, SysErrKey, u64> =
@@ -116,7 +129,8 @@ fn process_name(comms: &HashMap<&MapData, u32, [u8; 16]>, pid: u32) -> String {
     if let Ok(comm) = comms.get(&pid, 0) {
         return comm_string(&comm);
     }
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or_else(|_| "?".to_owned(), |c| c.trim().to_owned())
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map_or_else(|_| "?".to_owned(), |c| c.trim().to_owned())
 }
 
 fn configure(ebpf: &mut Ebpf, config: &SyscallConfig) -> Result<(), ProbeError> {
@@ -155,7 +169,11 @@ fn drop_counters(ebpf: &Ebpf) -> Result<Vec<(&'static str, u64)>, ProbeError> {
         PerCpuArray::try_from(map(ebpf, MAP_DROP_COUNTERS)?).map_err(map_err(MAP_DROP_COUNTERS))?;
     let mut out = Vec::new();
     for counter in Counter::ALL {
-        let sum: u64 = counters.get(&(counter as u32), 0).map_err(map_err(MAP_DROP_COUNTERS))?.iter().sum();
+        let sum: u64 = counters
+            .get(&(counter as u32), 0)
+            .map_err(map_err(MAP_DROP_COUNTERS))?
+            .iter()
+            .sum();
         if sum > 0 {
             out.push((counter.name(), sum));
         }

@@ -16,9 +16,19 @@ pub struct Field {
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error("tracepoint {category}:{name} is not available on this kernel ({path}: {source})")]
-    Missing { category: String, name: String, path: PathBuf, source: std::io::Error },
+    Missing {
+        category: String,
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("tracepoint {category}:{name} has no field {field} (its format file: {path})")]
-    NoField { category: String, name: String, field: String, path: PathBuf },
+    NoField {
+        category: String,
+        name: String,
+        field: String,
+        path: PathBuf,
+    },
 }
 
 /// Parsed `format` file of one tracepoint.
@@ -33,24 +43,36 @@ pub struct TracepointFormat {
 impl TracepointFormat {
     /// Reads `/sys/kernel/tracing/events/<category>/<name>/format`.
     pub fn load(category: &str, name: &str) -> Result<Self, FormatError> {
-        let path = PathBuf::from(TRACEFS).join("events").join(category).join(name).join("format");
+        let path = PathBuf::from(TRACEFS)
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
         let text = std::fs::read_to_string(&path).map_err(|source| FormatError::Missing {
             category: category.to_owned(),
             name: name.to_owned(),
             path: path.clone(),
             source,
         })?;
-        Ok(Self { category: category.to_owned(), name: name.to_owned(), path, fields: parse(&text) })
+        Ok(Self {
+            category: category.to_owned(),
+            name: name.to_owned(),
+            path,
+            fields: parse(&text),
+        })
     }
 
     /// The field called `field`, or an error naming the tracepoint.
     pub fn field(&self, field: &str) -> Result<Field, FormatError> {
-        self.fields.get(field).copied().ok_or_else(|| FormatError::NoField {
-            category: self.category.clone(),
-            name: self.name.clone(),
-            field: field.to_owned(),
-            path: self.path.clone(),
-        })
+        self.fields
+            .get(field)
+            .copied()
+            .ok_or_else(|| FormatError::NoField {
+                category: self.category.clone(),
+                name: self.name.clone(),
+                field: field.to_owned(),
+                path: self.path.clone(),
+            })
     }
 }
 
@@ -59,10 +81,14 @@ impl TracepointFormat {
 pub fn parse(text: &str) -> HashMap<String, Field> {
     let mut fields = HashMap::new();
     for line in text.lines() {
-        let Some(rest) = line.trim().strip_prefix("field:") else { continue };
+        let Some(rest) = line.trim().strip_prefix("field:") else {
+            continue;
+        };
         let mut parts = rest.split(';').map(str::trim);
         let Some(decl) = parts.next() else { continue };
-        let Some(name) = decl.split_whitespace().last() else { continue };
+        let Some(name) = decl.split_whitespace().last() else {
+            continue;
+        };
         let name = name.split('[').next().unwrap_or(name).to_owned();
         let mut offset = None;
         let mut size = None;
@@ -94,9 +120,27 @@ mod tests {
     #[test]
     fn parses_fields() {
         let f = parse(FORMAT);
-        assert_eq!(f["saddr"], Field { offset: 8, size: 28 });
-        assert_eq!(f["skaddr"], Field { offset: 128, size: 8 });
-        assert_eq!(f["srtt"], Field { offset: 100, size: 4 });
+        assert_eq!(
+            f["saddr"],
+            Field {
+                offset: 8,
+                size: 28
+            }
+        );
+        assert_eq!(
+            f["skaddr"],
+            Field {
+                offset: 128,
+                size: 8
+            }
+        );
+        assert_eq!(
+            f["srtt"],
+            Field {
+                offset: 100,
+                size: 4
+            }
+        );
         assert_eq!(f.len(), 4);
     }
 

@@ -64,8 +64,8 @@ impl Symbolizer {
         Self { inner }
     }
 
-    /// Symbolizes every stack and returns the profile. Each sample's values
-    /// are `[count, count * period]` (matching `shape.sample_types`).
+    /// Symbolizes every stack and returns the profile. Each stack's values
+    /// must match `shape.sample_types`.
     #[must_use]
     pub fn build_profile(
         &self,
@@ -104,20 +104,8 @@ impl Symbolizer {
                     .iter()
                     .map(|k| resolved.get(k).cloned().unwrap_or_else(|| unresolved(*k)))
                     .collect(),
-                values: vec![raw.count as i64, raw.count as i64 * shape.period],
-                labels: vec![
-                    Label {
-                        key: "pid".into(),
-                        value: LabelValue::Num {
-                            value: i64::from(raw.pid),
-                            unit: String::new(),
-                        },
-                    },
-                    Label {
-                        key: "comm".into(),
-                        value: LabelValue::Str(raw.comm.clone()),
-                    },
-                ],
+                values: raw.values.clone(),
+                labels: labels(raw),
             })
             .collect();
         Profile {
@@ -136,6 +124,28 @@ impl Symbolizer {
             comments: Vec::new(),
         }
     }
+}
+
+/// `pid`, `comm`, then the stack's own labels.
+fn labels(raw: &crate::aggregate::stacks::RawStack) -> Vec<Label> {
+    let mut labels = vec![
+        Label {
+            key: "pid".into(),
+            value: LabelValue::Num {
+                value: i64::from(raw.pid),
+                unit: String::new(),
+            },
+        },
+        Label {
+            key: "comm".into(),
+            value: LabelValue::Str(raw.comm.clone()),
+        },
+    ];
+    labels.extend(raw.labels.iter().map(|(k, v)| Label {
+        key: k.clone(),
+        value: LabelValue::Str(v.clone()),
+    }));
+    labels
 }
 
 /// Return addresses point after the call; step back one byte so that the

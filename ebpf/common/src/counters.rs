@@ -27,6 +27,15 @@ pub enum Counter {
     SyscallErrnoMapFull = 6,
     /// `SYS_INFLIGHT` refused an entry: that call's latency was lost.
     SyscallInflightFull = 7,
+    /// `TCP_SOCKS` was full: a connection was not tracked (its connect,
+    /// RTT and bytes are missing).
+    TcpSockMapFull = 16,
+    /// `TCP_STATS` was full: a new endpoint row was not counted.
+    TcpStatsMapFull = 17,
+    /// `TCP_HIST` was full: RTT/connect/lifetime samples were lost.
+    TcpHistMapFull = 18,
+    /// A TCP tracepoint record could not be read (`bpf_probe_read` failed).
+    TcpReadError = 19,
 }
 
 /// Number of counter slots; the array is sized by this.
@@ -34,7 +43,7 @@ pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
     /// Every counter, for export loops.
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 12] = [
         Counter::StackCollision,
         Counter::StackError,
         Counter::CountMapFull,
@@ -43,6 +52,10 @@ impl Counter {
         Counter::SyscallMapFull,
         Counter::SyscallErrnoMapFull,
         Counter::SyscallInflightFull,
+        Counter::TcpSockMapFull,
+        Counter::TcpStatsMapFull,
+        Counter::TcpHistMapFull,
+        Counter::TcpReadError,
     ];
 
     /// Stable snake-case name, used in reports and metric labels.
@@ -57,6 +70,10 @@ impl Counter {
             Counter::SyscallMapFull => "syscall_map_full",
             Counter::SyscallErrnoMapFull => "syscall_errno_map_full",
             Counter::SyscallInflightFull => "syscall_inflight_full",
+            Counter::TcpSockMapFull => "tcp_sock_map_full",
+            Counter::TcpStatsMapFull => "tcp_stats_map_full",
+            Counter::TcpHistMapFull => "tcp_hist_map_full",
+            Counter::TcpReadError => "tcp_read_error",
         }
     }
 }

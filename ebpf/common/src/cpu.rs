@@ -6,8 +6,6 @@ pub const MAP_STACK_COUNTS: &str = "CPU_STACK_COUNTS";
 pub const MAP_STACK_TRACES: &str = "CPU_STACK_TRACES";
 pub const MAP_TARGET_PIDS: &str = "CPU_TARGET_PIDS";
 pub const MAP_CONFIG: &str = "CPU_CONFIG";
-pub const MAP_KNOWN_PIDS: &str = "CPU_KNOWN_PIDS";
-pub const MAP_NEW_PIDS: &str = "CPU_NEW_PIDS";
 
 /// Distinct (pid, thread name, user stack, kernel stack) keys counted per
 /// capture. 10 s host-wide at 99 Hz on 2 CPUs is ~2,000 samples; 65,536 keys
@@ -19,12 +17,8 @@ pub const STACK_COUNTS_CAPACITY: u32 = 65_536;
 pub const STACK_TRACES_CAPACITY: u32 = 32_768;
 /// Frames kept per stack: the kernel's own `PERF_MAX_STACK_DEPTH` is 127.
 pub const MAX_STACK_DEPTH: usize = 127;
-/// Processes whose pid the agent was told about (to snapshot their mappings).
-pub const KNOWN_PIDS_CAPACITY: u32 = 16_384;
 /// Pids given with `--pid`.
 pub const TARGET_PIDS_CAPACITY: u32 = 1_024;
-/// New-pid ring buffer bytes (a power of two and a multiple of the page size).
-pub const NEW_PIDS_RING_BYTES: u32 = 64 * 1024;
 
 /// Slot in `CPU_CONFIG` (a one-element array): non-zero means only pids in
 /// `CPU_TARGET_PIDS` are sampled.
@@ -52,23 +46,10 @@ pub struct StackKey {
 }
 const _: () = assert!(core::mem::size_of::<StackKey>() == 32);
 
-/// Record sent once per newly seen process so that the agent can snapshot
-/// `/proc/<pid>/maps` while the process is alive.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NewPid {
-    pub pid: u32,
-    /// Explicit padding to 8 bytes; always zero.
-    pub pad: u32,
-}
-const _: () = assert!(core::mem::size_of::<NewPid>() == 8);
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), only integer fields, no implicit padding (size asserted).
     unsafe impl aya::Pod for super::StackKey {}
-    // SAFETY: repr(C), only integer fields, explicit padding (size asserted).
-    unsafe impl aya::Pod for super::NewPid {}
 }
 
 /// Per-CPU array with one slot: samples taken (after the pid filter), so the

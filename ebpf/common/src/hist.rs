@@ -18,7 +18,10 @@ pub const BUCKETS: usize = LINEAR_LIMIT as usize + ((MAX_POW - 4) * SUB_BUCKETS)
 
 /// Bucket index of `value`. Branch-light and loop-free so that it verifies
 /// in BPF (`leading_zeros` lowers to bit operations).
-#[expect(clippy::inline_always, reason = "called from BPF programs, where it must be inlined")]
+#[expect(
+    clippy::inline_always,
+    reason = "called from BPF programs, where it must be inlined"
+)]
 #[inline(always)]
 #[must_use]
 pub const fn bucket_of(value: u64) -> usize {
@@ -48,7 +51,11 @@ pub const fn bucket_low(index: usize) -> u64 {
 /// Largest value that falls in bucket `index` (the last is open-ended).
 #[must_use]
 pub const fn bucket_high(index: usize) -> u64 {
-    if index + 1 >= BUCKETS { u64::MAX } else { bucket_low(index + 1) - 1 }
+    if index + 1 >= BUCKETS {
+        u64::MAX
+    } else {
+        bucket_low(index + 1) - 1
+    }
 }
 
 #[cfg(test)]
@@ -78,7 +85,10 @@ mod tests {
     fn relative_width_is_bounded() {
         for b in LINEAR_LIMIT as usize..BUCKETS - 1 {
             let (lo, hi) = (bucket_low(b) as f64, bucket_high(b) as f64);
-            assert!((hi - lo + 1.0) / lo <= 0.125 + 1e-9, "bucket {b}: {lo}..{hi}");
+            assert!(
+                (hi - lo + 1.0) / lo <= 0.125 + 1e-9,
+                "bucket {b}: {lo}..{hi}"
+            );
         }
     }
 }

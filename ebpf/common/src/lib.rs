@@ -7,6 +7,8 @@
 #![no_std]
 
 pub mod counters;
+pub mod cpu;
+pub mod discovery;
 pub mod hist;
 pub mod syscalls;
-pub mod cpu;
+pub mod tcp;

@@ -8,14 +8,14 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
-    programs::{PerfEventContext, tracing::StackIdContext as _},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, StackTrace},
+    programs::{PerfEventContext, tracing::StackIdContext},
 };
 use qprof_common::{
     counters::Counter,
     cpu::{
-        CONFIG_FILTER_BY_PID, CONFIG_SLOTS, KNOWN_PIDS_CAPACITY, NEW_PIDS_RING_BYTES, NO_STACK,
-        NewPid, STACK_COUNTS_CAPACITY, STACK_TRACES_CAPACITY, StackKey, TARGET_PIDS_CAPACITY,
+        CONFIG_FILTER_BY_PID, CONFIG_SLOTS, NO_STACK, STACK_COUNTS_CAPACITY, STACK_TRACES_CAPACITY,
+        StackKey, TARGET_PIDS_CAPACITY,
     },
 };
 
@@ -28,7 +28,7 @@ static CPU_STACK_COUNTS: PerCpuHashMap<StackKey, u64> =
     PerCpuHashMap::with_max_entries(STACK_COUNTS_CAPACITY, 0);
 
 #[map(name = "CPU_STACK_TRACES")]
-static CPU_STACK_TRACES: StackTrace = StackTrace::with_max_entries(STACK_TRACES_CAPACITY, 0);
+pub static CPU_STACK_TRACES: StackTrace = StackTrace::with_max_entries(STACK_TRACES_CAPACITY, 0);
 
 #[map(name = "CPU_TARGET_PIDS")]
 static CPU_TARGET_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(TARGET_PIDS_CAPACITY, 0);
@@ -36,16 +36,8 @@ static CPU_TARGET_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(TARGET_PIDS
 #[map(name = "CPU_CONFIG")]
 static CPU_CONFIG: Array<u64> = Array::with_max_entries(CONFIG_SLOTS, 0);
 
-/// LRU so that a long host-wide capture forgets processes that are gone
-/// rather than refusing new ones.
-#[map(name = "CPU_KNOWN_PIDS")]
-static CPU_KNOWN_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(KNOWN_PIDS_CAPACITY, 0);
-
 #[map(name = "CPU_SAMPLE_TOTAL")]
 static CPU_SAMPLE_TOTAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-#[map(name = "CPU_NEW_PIDS")]
-static CPU_NEW_PIDS: RingBuf = RingBuf::with_byte_size(NEW_PIDS_RING_BYTES, 0);
 
 /// errno of `bpf_get_stackid` when another stack owns the bucket.
 const EEXIST: i32 = 17;
@@ -65,7 +57,7 @@ pub fn on_sample(ctx: &PerfEventContext) {
         // SAFETY: this CPU's slot of a live per-CPU array; no preemption.
         unsafe { *total += 1 };
     }
-    announce_new_pid(pid);
+    crate::discovery::announce_new_pid(pid);
     let key = StackKey {
         pid,
         tid,
@@ -86,33 +78,9 @@ fn filtered_out(pid: u32) -> bool {
     filter_on && unsafe { CPU_TARGET_PIDS.get(pid) }.is_none()
 }
 
+/// Stack id in `CPU_STACK_TRACES` (shared with off-CPU), or `NO_STACK`.
 #[inline(always)]
-fn announce_new_pid(pid: u32) {
-    // SAFETY: presence check only; the value is not read.
-    if pid == 0 || unsafe { CPU_KNOWN_PIDS.get(pid) }.is_some() {
-        return;
-    }
-    if CPU_KNOWN_PIDS
-        .insert(pid, 1, u64::from(BPF_NOEXIST))
-        .is_err()
-    {
-        // Another CPU inserted it first (EEXIST) is fine; anything else is a loss.
-        // SAFETY: presence check only.
-        if unsafe { CPU_KNOWN_PIDS.get(pid) }.is_none() {
-            bump(Counter::KnownPidMapFull);
-        }
-        return;
-    }
-    if CPU_NEW_PIDS
-        .output::<NewPid>(NewPid { pid, pad: 0 }, 0)
-        .is_err()
-    {
-        bump(Counter::NewPidRingFull);
-    }
-}
-
-#[inline(always)]
-fn stack_id(ctx: &PerfEventContext, flags: u64) -> i32 {
+pub fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
     match ctx.get_stackid(&CPU_STACK_TRACES, flags) {
         Ok(id) => id as i32,
         Err(err) if err == -EFAULT => NO_STACK,

@@ -10,6 +10,7 @@
 
 mod counters;
 mod cpu;
+mod discovery;
 mod syscalls;
 mod tcp;
 

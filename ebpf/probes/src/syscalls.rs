@@ -24,10 +24,12 @@ use qprof_common::{
 use crate::counters::bump;
 
 #[map(name = "SYS_STATS")]
-static SYS_STATS: PerCpuHashMap<SysKey, SysStats> = PerCpuHashMap::with_max_entries(STATS_CAPACITY, 0);
+static SYS_STATS: PerCpuHashMap<SysKey, SysStats> =
+    PerCpuHashMap::with_max_entries(STATS_CAPACITY, 0);
 
 #[map(name = "SYS_ERRNOS")]
-static SYS_ERRNOS: PerCpuHashMap<SysErrKey, u64> = PerCpuHashMap::with_max_entries(ERRNOS_CAPACITY, 0);
+static SYS_ERRNOS: PerCpuHashMap<SysErrKey, u64> =
+    PerCpuHashMap::with_max_entries(ERRNOS_CAPACITY, 0);
 
 #[map(name = "SYS_INFLIGHT")]
 static SYS_INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
@@ -82,7 +84,11 @@ pub fn on_enter(ctx: &RawTracePointContext) {
         }
         return;
     }
-    let inflight = Inflight { start_ns: now_ns(), nr, pad: 0 };
+    let inflight = Inflight {
+        start_ns: now_ns(),
+        nr,
+        pad: 0,
+    };
     if SYS_INFLIGHT.insert(tid, inflight, 0).is_err() {
         bump(Counter::SyscallInflightFull);
     }
@@ -90,7 +96,9 @@ pub fn on_enter(ctx: &RawTracePointContext) {
 
 #[inline(always)]
 fn wanted(pid: u32, nr: u32) -> bool {
-    let Some(config) = SYS_CONFIG.get(0) else { return true };
+    let Some(config) = SYS_CONFIG.get(0) else {
+        return true;
+    };
     // SAFETY: presence check only; the u8 value is not read.
     if config.filter_pids != 0 && unsafe { SYS_TARGET_PIDS.get(pid) }.is_none() {
         return false;
@@ -112,7 +120,9 @@ pub fn on_exit(ctx: &RawTracePointContext) {
     let now = now_ns();
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(slot) = SYS_INFLIGHT.get_ptr_mut(tid) else { return };
+    let Some(slot) = SYS_INFLIGHT.get_ptr_mut(tid) else {
+        return;
+    };
     // SAFETY: this thread's entry (see on_enter); copied, then marked consumed
     // so that an exit without a traced enter (a filtered syscall) is skipped.
     let inflight = unsafe {
@@ -124,10 +134,19 @@ pub fn on_exit(ctx: &RawTracePointContext) {
         return;
     }
     let ret: i64 = ctx.arg(1);
-    let key = SysKey { pid: (pid_tgid >> 32) as u32, nr: inflight.nr };
+    let key = SysKey {
+        pid: (pid_tgid >> 32) as u32,
+        nr: inflight.nr,
+    };
     let latency = now.saturating_sub(inflight.start_ns);
-    let errno = if (-MAX_ERRNO..0).contains(&ret) { (-ret) as u32 } else { 0 };
-    let Some(stats) = stats_slot(&key) else { return };
+    let errno = if (-MAX_ERRNO..0).contains(&ret) {
+        (-ret) as u32
+    } else {
+        0
+    };
+    let Some(stats) = stats_slot(&key) else {
+        return;
+    };
     // SAFETY: `stats` points at this CPU's slot of a live map value, and BPF
     // programs on one CPU do not preempt each other.
     let stats = unsafe { &mut *stats };
@@ -144,7 +163,12 @@ pub fn on_exit(ctx: &RawTracePointContext) {
     }
     if errno != 0 {
         stats.errors += 1;
-        count_errno(SysErrKey { pid: key.pid, nr: key.nr, errno, pad: 0 });
+        count_errno(SysErrKey {
+            pid: key.pid,
+            nr: key.nr,
+            errno,
+            pad: 0,
+        });
     }
 }
 

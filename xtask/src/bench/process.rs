@@ -279,13 +279,14 @@ fn machine_ticks() -> anyhow::Result<(u64, u64)> {
 }
 
 /// Waits (at most `patience`) until the machine is quiet: less than
-/// `max_busy` of it busy over one second. Returns whether it got quiet.
+/// `max_busy` of it busy over three seconds (builds pause for a second
+/// between crates). Returns whether it got quiet.
 pub fn wait_for_quiet(max_busy: f64, patience: Duration) -> anyhow::Result<bool> {
     let give_up = Instant::now() + patience;
     let mut said = false;
     loop {
         let (busy0, total0) = machine_ticks()?;
-        sleep(Duration::from_secs(1));
+        sleep(Duration::from_secs(3));
         let (busy1, total1) = machine_ticks()?;
         let busy = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
         if busy <= max_busy {

@@ -1,0 +1,283 @@
+//! TCP: the ABI of the connection tracker (`sock:inet_sock_set_state`) and
+//! of the per-endpoint aggregates fed by `tcp:tcp_probe`,
+//! `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`.
+//!
+//! Everything is aggregated in the kernel per *endpoint row*: (owning
+//! process, direction, local address, remote address) with the ephemeral
+//! port folded to 0, so that N connections from one client to one server
+//! are one row, not N. Userspace reads summaries at the end of a capture.
+
+/// Map names (the BPF side declares maps with these names; the agent looks
+/// them up by the same constants).
+pub const MAP_CONFIG: &str = "TCP_CONFIG";
+pub const MAP_TARGET_PIDS: &str = "TCP_TARGET_PIDS";
+pub const MAP_SOCKS: &str = "TCP_SOCKS";
+pub const MAP_IGNORED: &str = "TCP_IGNORED";
+pub const MAP_SEED: &str = "TCP_SEED";
+pub const MAP_LISTENERS: &str = "TCP_LISTENERS";
+pub const MAP_STATS: &str = "TCP_STATS";
+pub const MAP_HIST: &str = "TCP_HIST";
+
+/// Sockets tracked at once (live connections owned by traced processes).
+/// A busy database host holds a few thousand; 65,536 is twice the default
+/// ephemeral port range of one source address (28,232 ports). Each entry is
+/// ~180 bytes with the kernel's overhead: ~12 MiB, preallocated so that the
+/// per-packet lookup never allocates. Entries leave on `TCP_CLOSE`; a full
+/// map is counted (`tcp_sock_map_full`).
+pub const SOCKS_CAPACITY: u32 = 65_536;
+/// Sockets of untraced processes already looked at (only with `--pid`), so
+/// that their packets cost one lookup. LRU: forgetting one only costs a
+/// second look, so it never needs to refuse an entry.
+pub const IGNORED_CAPACITY: u32 = 16_384;
+/// Connections that existed before the capture, found in `/proc/*/net/tcp*`
+/// by the agent, keyed by 4-tuple so the kernel can adopt them (with their
+/// owner) on their first packet. Sized like `SOCKS_CAPACITY / 4`: hosts with
+/// more pre-existing connections lose the owner of the rest (counted by the
+/// agent as `tcp_seed_full`), not their data.
+pub const SEED_CAPACITY: u32 = 16_384;
+/// Listening ports and their owner, so accepted connections (established in
+/// softirq, where the current task is arbitrary) are attributed to the
+/// process that listens. LRU: hosts rarely listen on more than a few hundred
+/// ports, and losing an old one only loses attribution.
+pub const LISTENERS_CAPACITY: u32 = 4_096;
+/// Endpoint rows. Per-CPU and allocated on use (`BPF_F_NO_PREALLOC`), since
+/// the value is 112 bytes per CPU: 16,384 rows are 1.8 MiB per CPU when full.
+/// A full map is counted (`tcp_stats_map_full`).
+pub const STATS_CAPACITY: u32 = 16_384;
+/// Histogram cells: (row, kind, bucket). Sparse because a connection's
+/// smoothed RTT stays in a handful of buckets; 8 cells per row on average.
+/// A full map is counted (`tcp_hist_map_full`).
+pub const HIST_CAPACITY: u32 = 131_072;
+/// Pids given with `--pid`.
+pub const TARGET_PIDS_CAPACITY: u32 = 1_024;
+
+/// Address families (`linux/socket.h`).
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`: `inet_sock_set_state` also fires for SCTP and MPTCP.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// TCP states (`include/net/tcp_states.h`).
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_SYN_SENT: i32 = 2;
+pub const TCP_SYN_RECV: i32 = 3;
+pub const TCP_CLOSE: i32 = 7;
+pub const TCP_LISTEN: i32 = 10;
+
+/// Who opened the connection.
+pub const DIR_UNKNOWN: u8 = 0;
+/// We connected (local port is ephemeral, folded to 0).
+pub const DIR_OUTBOUND: u8 = 1;
+/// We accepted (remote port is ephemeral, folded to 0).
+pub const DIR_INBOUND: u8 = 2;
+
+/// Histogram kinds (`HistKey::kind`) and their units.
+pub const HIST_CONNECT_NS: u32 = 0;
+pub const HIST_RTT_US: u32 = 1;
+pub const HIST_LIFETIME_NS: u32 = 2;
+
+/// `SockInfo::flags` bits.
+pub const SOCK_ESTABLISHED: u32 = 1;
+/// At least one `tcp_probe` was seen: `last_snd_nxt` and the byte counts
+/// are meaningful.
+pub const SOCK_PROBED: u32 = 2;
+/// Found already open (seeded or adopted): its lifetime is unknown.
+pub const SOCK_ADOPTED: u32 = 4;
+
+/// Offset meaning "this tracepoint has no such field".
+pub const NO_FIELD: u16 = u16::MAX;
+
+/// One endpoint row. Addresses are IPv4 in the first 4 bytes (rest zero)
+/// for `AF_INET`, 16 bytes for `AF_INET6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Owning process (tgid); 0 when unknown (opened before the capture
+    /// and not found in `/proc`).
+    pub pid: u32,
+    pub family: u16,
+    /// `DIR_*`.
+    pub direction: u8,
+    /// Explicit padding; always zero.
+    pub pad0: u8,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Explicit padding; always zero.
+    pub pad1: u32,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    /// Owner's thread name at connect/listen time, NUL-padded.
+    pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 64);
+
+/// Key of `TCP_HIST`; the value is a `u64` count per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HistKey {
+    pub endpoint: Endpoint,
+    /// `HIST_*`.
+    pub kind: u32,
+    /// `qprof_common::hist::bucket_of` of the value.
+    pub bucket: u32,
+}
+const _: () = assert!(core::mem::size_of::<HistKey>() == 72);
+
+/// Value of `TCP_STATS` (per CPU; userspace sums, and takes the max of the
+/// `*_max_*` fields).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Connections established (SYN_SENT->ESTABLISHED outbound,
+    /// SYN_RECV->ESTABLISHED inbound).
+    pub connects: u64,
+    /// Died in SYN_SENT (refused, timed out, abandoned).
+    pub failed_syn_sent: u64,
+    /// Died in SYN_RECV (handshake not completed).
+    pub failed_syn_recv: u64,
+    /// Established connections that reached CLOSE during the capture.
+    pub closes: u64,
+    /// Sum of their lifetimes (established -> close).
+    pub lifetime_ns_total: u64,
+    /// Successful `tcp_retransmit_skb` (err == 0), as `RetransSegs` counts.
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    /// Bytes of closed connections (live ones are added from `TCP_SOCKS`).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Closed connections whose bytes were measured (had a `tcp_probe`).
+    pub probed_closes: u64,
+    pub connect_max_ns: u64,
+    pub lifetime_max_ns: u64,
+    /// Explicit padding to a multiple of 16 bytes; always zero.
+    pub pad: u64,
+}
+const _: () = assert!(core::mem::size_of::<EndpointStats>() == 112);
+
+/// Value of `TCP_SOCKS` (key: the kernel's `struct sock *`). Updated
+/// without atomics: every event of one socket runs under its socket lock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockInfo {
+    pub endpoint: Endpoint,
+    /// SYN_SENT time (outbound), ns since boot; 0 otherwise.
+    pub start_ns: u64,
+    /// ESTABLISHED time; 0 before, or when adopted.
+    pub established_ns: u64,
+    /// Sequence space sent, summed from `snd_nxt` deltas at each probe.
+    pub bytes_sent: u64,
+    /// Payload received in ESTABLISHED (`data_len` of each probe).
+    pub bytes_received: u64,
+    pub last_snd_nxt: u32,
+    /// `SOCK_*`.
+    pub flags: u32,
+    /// RTT samples are batched per socket: consecutive smoothed RTTs mostly
+    /// share a bucket, so the histogram map is touched only when the bucket
+    /// changes (and at close), not on every packet.
+    pub rtt_bucket: u32,
+    pub rtt_pending: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 112);
+
+/// Key of `TCP_SEED`: a connection as `/proc/net/tcp*` shows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FourTuple {
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Explicit padding; always zero.
+    pub pad: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<FourTuple>() == 40);
+
+/// Value of `TCP_SEED` and `TCP_LISTENERS` (key: local port as u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    /// `DIR_*` (seed only; listeners are inbound by definition).
+    pub direction: u8,
+    /// Explicit padding; always zero.
+    pub pad: [u8; 3],
+    pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<Owner>() == 24);
+
+/// Where the address fields of one tracepoint's record are (offsets from
+/// the tracepoint's format file; `NO_FIELD` when absent).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrLayout {
+    pub skaddr: u16,
+    /// `__u16 family`; `NO_FIELD`: take it from the sockaddr.
+    pub family: u16,
+    /// Host-order `__u16` ports; `NO_FIELD`: take them from the sockaddr.
+    pub sport: u16,
+    pub dport: u16,
+    /// `__u8 saddr[4]` or, when `sockaddr` is 1, `__u8 saddr[28]` holding a
+    /// `sockaddr_in`/`sockaddr_in6`.
+    pub saddr: u16,
+    pub daddr: u16,
+    /// `__u8 saddr_v6[16]` (`NO_FIELD` with sockaddrs).
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    pub sockaddr: u16,
+    /// Explicit padding; always zero.
+    pub pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<AddrLayout>() == 20);
+
+/// The one value of `TCP_CONFIG`: filter and record layouts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpConfig {
+    /// Non-zero: only sockets of pids in `TCP_TARGET_PIDS`.
+    pub filter_by_pid: u32,
+    /// `net.ipv4.ip_local_port_range`: ports folded to 0 on rows of unknown
+    /// direction (a guess at which side is the client).
+    pub ephemeral_low: u16,
+    pub ephemeral_high: u16,
+    pub set_state: AddrLayout,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub protocol: u16,
+    pub pad0: u16,
+    pub probe: AddrLayout,
+    /// `srtt` (µs), `data_len`, `snd_nxt`, `snd_una`.
+    pub srtt: u16,
+    pub data_len: u16,
+    pub snd_nxt: u16,
+    pub snd_una: u16,
+    pub retransmit: AddrLayout,
+    /// `state` and `err` of `tcp_retransmit_skb` (`err` is `NO_FIELD` on
+    /// kernels before 6.10, which traced successful retransmits only).
+    pub retransmit_state: u16,
+    pub retransmit_err: u16,
+    pub send_reset: AddrLayout,
+    pub receive_reset: AddrLayout,
+}
+const _: () = assert!(core::mem::size_of::<TcpConfig>() == 128);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all below): repr(C), only integer fields and byte arrays,
+    // padding explicit, size asserted: every bit pattern is valid.
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::HistKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::EndpointStats {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::SockInfo {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::FourTuple {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::Owner {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::TcpConfig {}
+}
