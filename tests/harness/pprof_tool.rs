@@ -22,18 +22,29 @@ pub fn top(profile: &Path, sample_index: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Cumulative values per function name from `-top` output (the time
+/// spent in a function and everything it called).
+#[must_use]
+pub fn cum_by_function(top_output: &str) -> HashMap<String, f64> {
+    column_by_function(top_output, 3)
+}
+
 /// Flat values per function name from `-top` output ("flat flat% sum% cum
 /// cum% name" rows). Values keep pprof's printed unit (counts for
 /// `samples`).
 #[must_use]
 pub fn flat_by_function(top_output: &str) -> HashMap<String, f64> {
+    column_by_function(top_output, 0)
+}
+
+fn column_by_function(top_output: &str, column: usize) -> HashMap<String, f64> {
     let mut flat = HashMap::new();
     for line in top_output.lines() {
         let cols: Vec<&str> = line.split_whitespace().collect();
         if cols.len() < 6 || !cols[1].ends_with('%') || !cols[4].ends_with('%') {
             continue;
         }
-        let Some(value) = parse_value(cols[0]) else {
+        let Some(value) = parse_value(cols[column]) else {
             continue;
         };
         let name = cols[5..].join(" ");

@@ -1,9 +1,12 @@
 //! The command line: clap definitions and one module per subcommand.
 
 mod capture_loop;
+mod checks;
 mod flamegraph;
+mod profile_out;
 mod progress;
 mod record_cpu;
+mod record_offcpu;
 mod record_syscalls;
 mod record_tcp;
 mod report;
@@ -35,10 +38,36 @@ pub enum Command {
 pub enum Record {
     /// Sample on-CPU stacks (user and kernel) host-wide or of given processes.
     Cpu(RecordCpuArgs),
+    /// Profile blocked (off-CPU) time by stack: locks, disk, network, sleeps.
+    Offcpu(RecordOffcpuArgs),
     /// Count syscalls per process: calls, errors by errno, latency percentiles.
     Syscalls(RecordSyscallsArgs),
     /// TCP per remote endpoint: connects, connect latency, RTT, retransmits, resets.
     Tcp(RecordTcpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecordOffcpuArgs {
+    /// Profile only this process (repeatable); default: the whole host.
+    #[arg(long = "pid", value_name = "PID", value_parser = values::parse_pid)]
+    pub pids: Vec<u32>,
+    /// How long to record, e.g. 10s. Ctrl-C stops early and still writes.
+    #[arg(long, default_value = "10s", value_parser = values::parse_duration)]
+    pub duration: Duration,
+    /// Skip blocks shorter than this (in the kernel), e.g. 1ms, 100us... 0
+    /// keeps every block. 1 ms by default: shorter waits are mostly
+    /// scheduler noise and would dominate the event rate.
+    #[arg(long, default_value = "1ms", value_parser = values::parse_min_block)]
+    pub min_block: Duration,
+    /// gzip-compressed pprof output.
+    #[arg(short = 'o', long = "output", default_value = "offcpu.pb.gz")]
+    pub output: PathBuf,
+    /// Also write an interactive SVG flamegraph (of blocked time) here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Also write folded stacks (blocked nanoseconds) here.
+    #[arg(long)]
+    pub folded: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +146,7 @@ pub struct FlamegraphArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Record(Record::Cpu(args)) => record_cpu::run(&args),
+        Command::Record(Record::Offcpu(args)) => record_offcpu::run(&args),
         Command::Record(Record::Syscalls(args)) => record_syscalls::run(&args),
         Command::Record(Record::Tcp(args)) => record_tcp::run(&args),
         Command::Flamegraph(args) => flamegraph::run(&args),

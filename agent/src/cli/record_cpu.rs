@@ -1,22 +1,15 @@
 //! `qprof record cpu`: validate everything, sample, symbolize, write.
 
-use std::{
-    path::Path,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
-use profiles::ValueType;
 
-use super::{RecordCpuArgs, capture_loop, values};
-use crate::{
-    export::files,
-    probes::{
-        cpu::{CpuCapture, CpuConfig, CpuSampler},
-        preflight,
-    },
-    symbolize::{ProfileShape, Symbolizer},
+use super::{
+    RecordCpuArgs, capture_loop, checks,
+    profile_out::{self, Outputs, value_type},
+    values,
 };
+use crate::probes::cpu::{CpuCapture, CpuConfig, CpuSampler};
 
 pub fn run(args: &RecordCpuArgs) -> anyhow::Result<()> {
     validate(args)?;
@@ -39,11 +32,7 @@ pub fn run(args: &RecordCpuArgs) -> anyhow::Result<()> {
 /// Every check that can fail before sampling starts, so that a bad value
 /// costs nothing and no capture is thrown away at the end.
 fn validate(args: &RecordCpuArgs) -> anyhow::Result<()> {
-    for pid in &args.pids {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            bail!("no process with pid {pid}");
-        }
-    }
+    checks::pids_exist(&args.pids)?;
     if let Some(max) = values::max_sample_rate()
         && args.hz > max
     {
@@ -52,18 +41,8 @@ fn validate(args: &RecordCpuArgs) -> anyhow::Result<()> {
             args.hz
         );
     }
-    for path in [Some(&args.output), args.svg.as_ref(), args.folded.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        files::check_writable(path)?;
-    }
-    preflight::check_capabilities()?;
-    preflight::check_btf()?;
-    if preflight::ensure_tracefs()? {
-        eprintln!("qprof: mounted tracefs at {}", preflight::TRACEFS);
-    }
-    Ok(())
+    outputs(args).check()?;
+    checks::privileges_and_kernel()
 }
 
 fn write_outputs(
@@ -73,48 +52,21 @@ fn write_outputs(
     elapsed: Duration,
 ) -> anyhow::Result<()> {
     let period = 1_000_000_000 / args.hz as i64;
-    let shape = ProfileShape {
-        sample_types: vec![
-            ValueType {
-                r#type: "samples".into(),
-                unit: "count".into(),
-            },
-            ValueType {
-                r#type: "cpu".into(),
-                unit: "nanoseconds".into(),
-            },
-        ],
-        period_type: ValueType {
-            r#type: "cpu".into(),
-            unit: "nanoseconds".into(),
-        },
+    let shape = profile_out::shape(
+        vec![value_type("samples", "count"), value_type("cpu", "nanoseconds")],
+        value_type("cpu", "nanoseconds"),
         period,
-        time_nanos: started_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64),
-        duration_nanos: elapsed.as_nanos() as i64,
-    };
-    let profile = Symbolizer::new().build_profile(&capture.stacks, &capture.maps, &shape);
-    let pprof = profiles::pprof::encode_gzip(&profile).context("encoding pprof")?;
-    files::write_private(&args.output, &pprof)?;
-    let cpu_index = 1;
-    if let Some(svg_path) = &args.svg {
-        let mut svg = Vec::new();
-        match profiles::flamegraph::render_svg(&profile, cpu_index, "qprof: CPU", &mut svg) {
-            Ok(()) => files::write_private(svg_path, &svg)?,
-            Err(err) => eprintln!(
-                "qprof: no flamegraph written to {}: {err}",
-                svg_path.display()
-            ),
-        }
-    }
-    if let Some(folded_path) = &args.folded {
-        let mut text = profiles::folded::folded_lines(&profile, 0).join("\n");
-        text.push('\n');
-        files::write_private(folded_path, text.as_bytes())?;
-    }
+        started_at,
+        elapsed,
+    );
+    // The SVG and folded stacks show CPU time (index 1), as perf's do.
+    profile_out::write(&capture.stacks, &capture.maps, &shape, &outputs(args), "qprof: CPU", 1)?;
     summarize(args, capture);
     Ok(())
+}
+
+fn outputs(args: &RecordCpuArgs) -> Outputs {
+    Outputs { pprof: args.output.clone(), svg: args.svg.clone(), folded: args.folded.clone() }
 }
 
 fn summarize(args: &RecordCpuArgs, capture: &CpuCapture) {

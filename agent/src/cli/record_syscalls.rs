@@ -1,20 +1,15 @@
 //! `qprof record syscalls`: per process and syscall, calls, errors by
 //! errno, total time and latency percentiles.
 
-use std::path::Path;
-
 use anyhow::{Context as _, bail};
 
-use super::{RecordSyscallsArgs, capture_loop, report};
+use super::{RecordSyscallsArgs, capture_loop, checks, report};
 use crate::{
     aggregate::{
         names::{similar_syscalls, syscall_number},
         syscalls::SyscallRow,
     },
-    probes::{
-        preflight,
-        syscalls::{SyscallConfig, SyscallTracer},
-    },
+    probes::syscalls::{SyscallConfig, SyscallTracer},
 };
 
 pub fn run(args: &RecordSyscallsArgs) -> anyhow::Result<()> {
@@ -53,11 +48,7 @@ pub fn run(args: &RecordSyscallsArgs) -> anyhow::Result<()> {
 
 /// Every check that can fail before tracing starts.
 fn validate(args: &RecordSyscallsArgs) -> anyhow::Result<SyscallConfig> {
-    for pid in &args.pids {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            bail!("no process with pid {pid}");
-        }
-    }
+    checks::pids_exist(&args.pids)?;
     let mut syscalls = Vec::new();
     for name in &args.syscalls {
         let Some(nr) = syscall_number(name) else {
@@ -79,8 +70,7 @@ fn validate(args: &RecordSyscallsArgs) -> anyhow::Result<SyscallConfig> {
     if let Some(path) = &args.json {
         report::check_json_target(path)?;
     }
-    preflight::check_capabilities()?;
-    preflight::check_btf()?;
+    checks::privileges_and_kernel()?;
     Ok(SyscallConfig {
         pids: args.pids.clone(),
         comm: args.comm.clone(),

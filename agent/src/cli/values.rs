@@ -31,6 +31,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// A minimum block time: `0`, or a duration with a unit (`us` allowed).
+pub fn parse_min_block(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let bad = || format!("invalid --min-block '{text}': expected e.g. 500us, 1ms, 0");
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if let Some(us) = t.strip_suffix("us") {
+        return us.parse::<u64>().map(Duration::from_micros).map_err(|_| bad());
+    }
+    parse_duration(t).map_err(|_| bad())
+}
+
 /// A process id: a positive integer (existence is checked before sampling).
 pub fn parse_pid(text: &str) -> Result<u32, String> {
     match text.trim().parse::<u32>() {
@@ -103,6 +116,16 @@ mod tests {
             let err = parse_duration(bad).expect_err(bad);
             assert!(err.contains("invalid duration"), "{bad}: {err}");
         }
+    }
+
+    /// Minimum block times accept 0 and microseconds; garbage is refused.
+    #[test]
+    fn min_blocks() {
+        assert_eq!(parse_min_block("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_min_block("500us"), Ok(Duration::from_micros(500)));
+        assert_eq!(parse_min_block("2ms"), Ok(Duration::from_millis(2)));
+        assert!(parse_min_block("fast").expect_err("garbage").contains("invalid --min-block"));
+        assert!(parse_min_block("-1us").is_err());
     }
 
     /// Pids and rates must be positive integers.

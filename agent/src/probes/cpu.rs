@@ -12,7 +12,6 @@ use aya::{
     },
 };
 use qprof_common::{
-    counters::{Counter, MAP_DROP_COUNTERS},
     cpu::{
         CONFIG_FILTER_BY_PID, MAP_CONFIG, MAP_SAMPLE_TOTAL, MAP_STACK_COUNTS, MAP_STACK_TRACES,
         MAP_TARGET_PIDS, StackKey,
@@ -149,22 +148,7 @@ impl CpuSampler {
     }
 
     fn drop_counters(&self) -> Result<Vec<(&'static str, u64)>, ProbeError> {
-        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(MAP_DROP_COUNTERS)
-                .ok_or_else(|| missing_map(MAP_DROP_COUNTERS))?,
-        )
-        .map_err(map_err(MAP_DROP_COUNTERS))?;
-        let mut out = Vec::new();
-        for counter in Counter::ALL {
-            let values = counters
-                .get(&(counter as u32), 0)
-                .map_err(map_err(MAP_DROP_COUNTERS))?;
-            let sum: u64 = values.iter().sum();
-            if sum > 0 {
-                out.push((counter.name(), sum));
-            }
-        }
+        let mut out = super::drop_counters(&self.ebpf)?;
         if self.watcher.maps.dropped > 0 {
             out.push(("process_table_full", self.watcher.maps.dropped));
         }

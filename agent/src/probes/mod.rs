@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod discovery;
+pub mod offcpu;
 pub mod preflight;
 pub mod process_maps;
 pub mod syscalls;
@@ -10,7 +11,8 @@ pub mod tcp;
 pub mod tracefs;
 pub mod unwind;
 
-use aya::Ebpf;
+use aya::{Ebpf, maps::PerCpuArray};
+use qprof_common::counters::{Counter, MAP_DROP_COUNTERS};
 
 /// The BPF object built from `ebpf/probes` by build.rs, embedded so that the
 /// agent is one self-contained binary.
@@ -46,4 +48,23 @@ pub enum ProbeError {
 /// capability's module.
 pub fn load_object() -> Result<Ebpf, ProbeError> {
     Ok(Ebpf::load(PROBES_OBJECT)?)
+}
+
+/// Non-zero loss counters, by name. The array is shared by every
+/// capability; a capture reports what its own programs counted.
+pub fn drop_counters(ebpf: &Ebpf) -> Result<Vec<(&'static str, u64)>, ProbeError> {
+    let name = MAP_DROP_COUNTERS;
+    let map = ebpf.map(name).ok_or(ProbeError::Missing { kind: "map", name })?;
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+    let mut out = Vec::new();
+    for counter in Counter::ALL {
+        let values =
+            counters.get(&(counter as u32), 0).map_err(|source| ProbeError::Map { name, source })?;
+        let sum: u64 = values.iter().sum();
+        if sum > 0 {
+            out.push((counter.name(), sum));
+        }
+    }
+    Ok(out)
 }

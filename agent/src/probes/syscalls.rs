@@ -3,11 +3,10 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, MapData, PerCpuHashMap},
     programs::{RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use qprof_common::{
-    counters::{Counter, MAP_DROP_COUNTERS},
     syscalls::{
         MAP_COMMS, MAP_CONFIG, MAP_ERRNOS, MAP_STATS, MAP_TARGET_NRS, MAP_TARGET_PIDS, SysConfig,
         SysErrKey, SysKey, SysStats,
@@ -119,7 +118,7 @@ impl SyscallTracer {
         let comms: HashMap<_, u32, [u8; 16]> =
             HashMap::try_from(map(&self.ebpf, MAP_COMMS)?).map_err(map_err(MAP_COMMS))?;
         table.set_comms(|pid| process_name(&comms, pid));
-        table.drops = drop_counters(&self.ebpf)?;
+        table.drops = super::drop_counters(&self.ebpf)?;
         Ok(table)
     }
 }
@@ -160,23 +159,4 @@ fn configure(ebpf: &mut Ebpf, config: &SyscallConfig) -> Result<(), ProbeError> 
     let mut array: Array<_, SysConfig> =
         Array::try_from(map_mut(ebpf, MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
     array.set(0, cfg, 0).map_err(map_err(MAP_CONFIG))
-}
-
-/// Non-zero loss counters (all capabilities share the array; only the
-/// syscall ones can be non-zero here).
-fn drop_counters(ebpf: &Ebpf) -> Result<Vec<(&'static str, u64)>, ProbeError> {
-    let counters: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(map(ebpf, MAP_DROP_COUNTERS)?).map_err(map_err(MAP_DROP_COUNTERS))?;
-    let mut out = Vec::new();
-    for counter in Counter::ALL {
-        let sum: u64 = counters
-            .get(&(counter as u32), 0)
-            .map_err(map_err(MAP_DROP_COUNTERS))?
-            .iter()
-            .sum();
-        if sum > 0 {
-            out.push((counter.name(), sum));
-        }
-    }
-    Ok(out)
 }

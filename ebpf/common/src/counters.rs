@@ -27,6 +27,10 @@ pub enum Counter {
     SyscallErrnoMapFull = 6,
     /// `SYS_INFLIGHT` refused an entry: that call's latency was lost.
     SyscallInflightFull = 7,
+    /// `OFFCPU_START` refused a switched-out thread: that block is lost.
+    OffcpuStartMapFull = 8,
+    /// `OFFCPU_COUNTS` was full: a block's time was not counted.
+    OffcpuCountMapFull = 9,
     /// `TCP_SOCKS` was full: a connection was not tracked (its connect,
     /// RTT and bytes are missing).
     TcpSockMapFull = 16,
@@ -43,7 +47,7 @@ pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
     /// Every counter, for export loops.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 14] = [
         Counter::StackCollision,
         Counter::StackError,
         Counter::CountMapFull,
@@ -52,6 +56,8 @@ impl Counter {
         Counter::SyscallMapFull,
         Counter::SyscallErrnoMapFull,
         Counter::SyscallInflightFull,
+        Counter::OffcpuStartMapFull,
+        Counter::OffcpuCountMapFull,
         Counter::TcpSockMapFull,
         Counter::TcpStatsMapFull,
         Counter::TcpHistMapFull,
@@ -70,6 +76,8 @@ impl Counter {
             Counter::SyscallMapFull => "syscall_map_full",
             Counter::SyscallErrnoMapFull => "syscall_errno_map_full",
             Counter::SyscallInflightFull => "syscall_inflight_full",
+            Counter::OffcpuStartMapFull => "offcpu_start_map_full",
+            Counter::OffcpuCountMapFull => "offcpu_count_map_full",
             Counter::TcpSockMapFull => "tcp_sock_map_full",
             Counter::TcpStatsMapFull => "tcp_stats_map_full",
             Counter::TcpHistMapFull => "tcp_hist_map_full",

@@ -10,5 +10,6 @@ pub mod counters;
 pub mod cpu;
 pub mod discovery;
 pub mod hist;
+pub mod offcpu;
 pub mod syscalls;
 pub mod tcp;

@@ -11,6 +11,7 @@
 mod counters;
 mod cpu;
 mod discovery;
+mod offcpu;
 mod syscalls;
 mod tcp;
 
@@ -72,6 +73,13 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     tcp::on_receive_reset(&ctx);
+    0
+}
+
+/// `sched:sched_switch`: off-CPU time (switch-out starts, switch-in ends).
+#[tracepoint]
+pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
+    offcpu::on_switch(&ctx);
     0
 }
 
