@@ -3,6 +3,7 @@
 
 mod cpu;
 mod cpu_report;
+mod offcpu;
 mod perf_post;
 mod process;
 mod syscalls;
@@ -26,11 +27,14 @@ pub enum Which {
     },
     /// Syscall tracing: ns added per getppid vs untraced and vs bpftrace.
     Syscalls,
+    /// Off-CPU profiling: context switches/s untraced vs under qprof.
+    Offcpu,
 }
 
 pub fn run(which: &Which) -> anyhow::Result<ExitCode> {
     match *which {
         Which::Cpu { seconds, rounds } => cpu::run(seconds, rounds),
         Which::Syscalls => syscalls::run(),
+        Which::Offcpu => offcpu::run(),
     }
 }

@@ -1,0 +1,95 @@
+//! `cargo xtask bench offcpu`: what off-CPU profiling costs a
+//! context-switch-heavy workload (two threads ping-ponging on pipes), in
+//! one run, interleaved: untraced vs `qprof record offcpu` host-wide.
+//! Target (issue 5): >= 0.90x the untraced switch rate.
+
+use std::{
+    path::Path,
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::process::{Running, Scratch};
+use crate::util::{self, run_cmd};
+
+const SECONDS: u32 = 5;
+const ROUNDS: usize = 3;
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    if !util::is_root() {
+        bail!("benchmarks load BPF programs: run as root");
+    }
+    let qprof = util::build_qprof()?;
+    let scratch = Scratch::create("offcpu")?;
+    let fixture = scratch.path("pingpong");
+    let src = util::workspace_root().join("tests/fixtures/pingpong.c");
+    run_cmd(Command::new("gcc").args(["-O2", "-pthread", "-o"]).arg(&fixture).arg(&src))?;
+    let conditions: [(&str, Option<&[&str]>); 3] = [
+        ("untraced", None),
+        ("qprof record offcpu (host-wide, --min-block 1ms)", Some(&[])),
+        ("qprof record offcpu (host-wide, --min-block 0)", Some(&["--min-block", "0"])),
+    ];
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); conditions.len()];
+    for round in 0..ROUNDS {
+        for (i, (name, extra)) in conditions.iter().enumerate() {
+            let rate = measure(&qprof, &fixture, *extra, &scratch)?;
+            eprintln!("  round {}: {name}: {rate:.0} round trips/s", round + 1);
+            results[i].push(rate);
+        }
+    }
+    let medians: Vec<f64> = results
+        .iter_mut()
+        .map(|v| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        })
+        .collect();
+    println!("pipe ping-pong, {SECONDS} s per run, median of {ROUNDS} interleaved rounds:");
+    println!("| condition | round trips/s | ratio to untraced | target |");
+    println!("| --- | --- | --- | --- |");
+    for ((name, _), rate) in conditions.iter().zip(&medians) {
+        let ratio = rate / medians[0];
+        let target = if name.starts_with("untraced") { "-".to_owned() } else { format!(">= 0.90: {}", if ratio >= 0.90 { "met" } else { "NOT met" }) };
+        println!("| {name} | {rate:.0} | {ratio:.3} | {target} |");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn measure(qprof: &Path, fixture: &Path, extra: Option<&[&str]>, scratch: &Scratch) -> anyhow::Result<f64> {
+    let log = scratch.path("qprof.log");
+    let tracer = match extra {
+        None => None,
+        Some(extra) => {
+            let mut cmd = Command::new(qprof);
+            cmd.args(["record", "offcpu", "--duration", "10m", "-o"]).arg(scratch.path("off.pb.gz")).args(extra);
+            let tracer = Running::spawn(&mut cmd, "qprof", Some(&log))?;
+            wait_for_text(&log, "qprof: recording")?;
+            Some(tracer)
+        }
+    };
+    let out = Command::new(fixture).arg(SECONDS.to_string()).output().context("running pingpong")?;
+    if let Some(tracer) = tracer {
+        tracer.signal(libc::SIGINT)?;
+        let mut tracer = tracer;
+        let _ = tracer.wait_cpu();
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .strip_prefix("roundtrips_per_sec=")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("unexpected pingpong output {text:?}"))
+}
+
+fn wait_for_text(path: &Path, needle: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
+            std::thread::sleep(Duration::from_millis(200));
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("qprof never printed {needle:?} into {}", path.display())
+}
