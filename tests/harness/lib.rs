@@ -7,6 +7,8 @@
     reason = "a test harness fails tests by panicking"
 )]
 
+pub mod net;
+pub mod postgres;
 pub mod pprof_tool;
 pub mod session;
 
@@ -97,14 +99,20 @@ impl Drop for ChildGuard {
 /// Compiles `tests/fixtures/<name>.c` with frame pointers into `dir`.
 #[must_use]
 pub fn build_fixture(name: &str, dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(format!("{name}.c"));
+    build_fixture_with(name, dir, &[])
+}
+
+/// As [`build_fixture`], with extra compiler/linker arguments after the
+/// source (e.g. `-lpq`).
+#[must_use]
+pub fn build_fixture_with(name: &str, dir: &Path, extra: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(format!("{name}.c"));
     let out = dir.join(name);
     let status = Command::new("gcc")
         .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
         .arg(&out)
         .arg(&src)
+        .args(extra)
         .status()
         .unwrap_or_else(|e| panic!("running gcc for {}: {e}", src.display()));
     assert!(status.success(), "gcc failed on {}", src.display());

@@ -99,8 +99,9 @@ pub struct Counts {
 #[derive(Debug, Clone, Default)]
 pub struct PeerStats {
     pub counts: Counts,
-    /// `None` until a connection of this row had a segment traced.
-    pub bytes: Option<(u64, u64)>,
+    /// Bytes sent; `None` until a connection of this row had a segment
+    /// traced.
+    pub bytes_sent: Option<u64>,
     /// Connections still open when the capture ended.
     pub open: u64,
     connect: Vec<u64>,
@@ -169,6 +170,9 @@ pub struct TcpRow {
     pub resets_sent: u64,
     pub resets_received: u64,
     pub bytes_sent: Option<u64>,
+    /// Always `null` for now: the TCP tracepoints carry no receive sequence
+    /// number, and `tcp_probe`'s 16-bit `data_len` wraps on coalesced
+    /// segments, so no exact figure is available without BTF offsets.
     pub bytes_received: Option<u64>,
     pub closes: u64,
     pub open: u64,
@@ -194,11 +198,10 @@ impl TcpTable {
         s.lifetime_max_ns = s.lifetime_max_ns.max(c.lifetime_max_ns);
     }
 
-    /// Bytes of closed or live connections whose segments were traced.
-    pub fn add_bytes(&mut self, peer: Peer, sent: u64, received: u64) {
+    /// Bytes sent by closed or live connections whose segments were traced.
+    pub fn add_bytes_sent(&mut self, peer: Peer, sent: u64) {
         let s = self.peers.entry(peer).or_default();
-        let (a, b) = s.bytes.unwrap_or((0, 0));
-        s.bytes = Some((a + sent, b + received));
+        s.bytes_sent = Some(s.bytes_sent.unwrap_or(0) + sent);
     }
 
     /// `count` samples in bucket `bucket` of histogram `kind`; out-of-range
@@ -266,8 +269,8 @@ fn row(peer: &Peer, s: &PeerStats) -> TcpRow {
         resets: c.resets_sent + c.resets_received,
         resets_sent: c.resets_sent,
         resets_received: c.resets_received,
-        bytes_sent: s.bytes.map(|b| b.0),
-        bytes_received: s.bytes.map(|b| b.1),
+        bytes_sent: s.bytes_sent,
+        bytes_received: None,
         closes: c.closes,
         open: s.open,
         lifetime_p50_ms: (lifetime.count() > 0)
@@ -352,7 +355,7 @@ mod tests {
     fn json_shape() {
         let mut t = TcpTable::default();
         t.add_counts(peer(1, 443), &Counts::default());
-        t.add_bytes(peer(1, 443), 10, 20);
+        t.add_bytes_sent(peer(1, 443), 10);
         t.add_samples(peer(1, 443), HistKind::RttUs, BUCKETS + 5, 1);
         let v = serde_json::to_value(t.rows()).unwrap_or_default();
         let r = &v[0];

@@ -6,11 +6,15 @@ mod flamegraph;
 mod profile_out;
 mod progress;
 mod record_cpu;
+mod record_memory;
 mod record_offcpu;
+mod record_queries;
 mod record_syscalls;
 mod record_tcp;
 mod report;
 pub mod values;
+
+pub use record_memory::RecordMemoryArgs;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -40,6 +44,12 @@ pub enum Record {
     Cpu(RecordCpuArgs),
     /// Profile blocked (off-CPU) time by stack: locks, disk, network, sleeps.
     Offcpu(RecordOffcpuArgs),
+    /// Profile allocations of given processes by stack: bytes allocated and
+    /// still in use, sampled by bytes in the kernel.
+    Memory(RecordMemoryArgs),
+    /// Per-query latency for PostgreSQL (libpq) and SQLite clients, grouped
+    /// by normalized statement.
+    Queries(RecordQueriesArgs),
     /// Count syscalls per process: calls, errors by errno, latency percentiles.
     Syscalls(RecordSyscallsArgs),
     /// TCP per remote endpoint: connects, connect latency, RTT, retransmits, resets.
@@ -68,6 +78,26 @@ pub struct RecordOffcpuArgs {
     /// Also write folded stacks (blocked nanoseconds) here.
     #[arg(long)]
     pub folded: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordQueriesArgs {
+    /// Trace only this process (repeatable); default: every process.
+    #[arg(long = "pid", value_name = "PID", value_parser = values::parse_pid)]
+    pub pids: Vec<u32>,
+    /// How long to trace, e.g. 10s; Ctrl-C stops early and still reports.
+    #[arg(long, default_value = "10s", value_parser = values::parse_duration)]
+    pub duration: Duration,
+    /// Write the report as JSON to FILE (`-` for stdout) instead of a table.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Rows in the table (sorted by total time).
+    #[arg(long, default_value_t = 20, value_parser = values::parse_top)]
+    pub top: usize,
+    /// Keep and show query text with its literals (off by default: literals
+    /// can be personal data; fingerprints replace them with `?`).
+    #[arg(long)]
+    pub raw_queries: bool,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +158,10 @@ pub struct RecordCpuArgs {
     /// Also write folded stacks ("frame;frame count" lines) here.
     #[arg(long)]
     pub folded: Option<PathBuf>,
+    /// Trace libpq/SQLite queries too and label samples taken inside one
+    /// with its fingerprint id (`query` label; see `flamegraph --query`).
+    #[arg(long)]
+    pub by_query: bool,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +174,10 @@ pub struct FlamegraphArgs {
     /// Sample type to draw (e.g. cpu, samples); default: the profile's default.
     #[arg(long)]
     pub sample_type: Option<String>,
+    /// Draw only samples taken inside this query (its 16-hex-digit
+    /// `fingerprint_id`, as `record queries` prints it).
+    #[arg(long, value_name = "FINGERPRINT_ID", value_parser = values::parse_fingerprint_id)]
+    pub query: Option<String>,
 }
 
 /// Runs one parsed command line.
@@ -147,6 +185,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Record(Record::Cpu(args)) => record_cpu::run(&args),
         Command::Record(Record::Offcpu(args)) => record_offcpu::run(&args),
+        Command::Record(Record::Memory(args)) => record_memory::run(&args),
+        Command::Record(Record::Queries(args)) => record_queries::run(&args),
         Command::Record(Record::Syscalls(args)) => record_syscalls::run(&args),
         Command::Record(Record::Tcp(args)) => record_tcp::run(&args),
         Command::Flamegraph(args) => flamegraph::run(&args),

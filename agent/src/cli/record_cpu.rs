@@ -17,6 +17,7 @@ pub fn run(args: &RecordCpuArgs) -> anyhow::Result<()> {
     let config = CpuConfig {
         hz: args.hz,
         pids: args.pids.clone(),
+        by_query: args.by_query,
     };
     let mut sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
     let ended = capture_loop::wait(args.duration, "samples", || {

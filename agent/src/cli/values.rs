@@ -44,6 +44,16 @@ pub fn parse_min_block(text: &str) -> Result<Duration, String> {
     parse_duration(t).map_err(|_| bad())
 }
 
+/// A fingerprint id: 16 hex digits (as `record queries` prints them).
+pub fn parse_fingerprint_id(text: &str) -> Result<String, String> {
+    let t = text.trim().to_ascii_lowercase();
+    if t.len() == 16 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(t)
+    } else {
+        Err(format!("invalid --query '{text}': expected a fingerprint id of 16 hex digits, as in `record queries` output"))
+    }
+}
+
 /// A process id: a positive integer (existence is checked before sampling).
 pub fn parse_pid(text: &str) -> Result<u32, String> {
     match text.trim().parse::<u32>() {

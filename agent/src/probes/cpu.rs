@@ -20,7 +20,9 @@ use qprof_common::{
 
 use super::{
     ProbeError,
+    cpu_queries::QueryLabels,
     discovery::NewPidWatcher,
+    queries::QueryError,
     load_object,
     process_maps::ProcessMaps,
     unwind::{FramePointerStacks, StackSource},
@@ -36,6 +38,8 @@ pub struct CpuConfig {
     pub hz: u64,
     /// Only these processes (empty: the whole host).
     pub pids: Vec<u32>,
+    /// Label samples taken inside traced queries with their fingerprint.
+    pub by_query: bool,
 }
 
 /// A running capture. Dropping it detaches every perf event (aya owns the
@@ -46,6 +50,7 @@ pub struct CpuSampler {
     watcher: NewPidWatcher,
     /// Nanoseconds one sample stands for (1e9 / hz).
     period: i64,
+    queries: Option<QueryLabels>,
 }
 
 /// Everything a capture produced, ready for symbolization.
@@ -90,12 +95,21 @@ impl CpuSampler {
                 .map_err(map_err(MAP_CONFIG))?;
         }
         let watcher = NewPidWatcher::new(&mut ebpf, &config.pids)?;
+        let queries = if config.by_query {
+            Some(QueryLabels::attach(&mut ebpf, &config.pids).map_err(|e| match e {
+                QueryError::Probe(p) => p,
+                QueryError::Format(f) => ProbeError::Tracefs(f.to_string()),
+            })?)
+        } else {
+            None
+        };
         let links = attach(&mut ebpf, config.hz)?;
         Ok(Self {
             ebpf,
             links,
             watcher,
             period: 1_000_000_000 / config.hz.max(1) as i64,
+            queries,
         })
     }
 
@@ -104,6 +118,9 @@ impl CpuSampler {
     /// caught while alive.
     pub fn poll_new_processes(&mut self) {
         self.watcher.poll();
+        if let Some(q) = self.queries.as_mut() {
+            q.poll(&mut self.ebpf);
+        }
     }
 
     /// Samples taken so far (cheap: one per-CPU array lookup).
@@ -180,7 +197,10 @@ impl CpuSampler {
                 user: source.frames(key.user_stack_id).unwrap_or_default(),
                 kernel: source.frames(key.kernel_stack_id).unwrap_or_default(),
                 values: vec![count, count * self.period],
-                labels: Vec::new(),
+                labels: match (&self.queries, key.query_id) {
+                    (Some(q), id) if id != 0 => vec![("query".to_owned(), q.label(id))],
+                    _ => Vec::new(),
+                },
             });
         }
         Ok(stacks)

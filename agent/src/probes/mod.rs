@@ -2,10 +2,14 @@
 //! capability, plus the pre-flight checks and process discovery they share.
 
 pub mod cpu;
+pub mod cpu_queries;
 pub mod discovery;
+pub mod memory;
 pub mod offcpu;
 pub mod preflight;
 pub mod process_maps;
+pub mod queries;
+pub mod query_sqlite;
 pub mod syscalls;
 pub mod tcp;
 pub mod tracefs;
@@ -40,6 +44,8 @@ pub enum ProbeError {
         kind: &'static str,
         name: &'static str,
     },
+    #[error("tracepoint format: {0}")]
+    Tracefs(String),
     #[error("listing online CPUs: {0}")]
     OnlineCpus(std::io::Error),
 }

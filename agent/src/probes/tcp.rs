@@ -215,7 +215,7 @@ fn read_stats(ebpf: &Ebpf, table: &mut TcpTable) -> Result<(), ProbeError> {
         PerCpuHashMap::try_from(map(ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
     for entry in &stats {
         let (key, per_cpu) = entry.map_err(map_err(MAP_STATS))?;
-        let (mut sent, mut received, mut probed) = (0, 0, 0);
+        let (mut sent, mut probed) = (0, 0);
         for s in per_cpu.iter() {
             table.add_counts(
                 peer(&key),
@@ -233,11 +233,10 @@ fn read_stats(ebpf: &Ebpf, table: &mut TcpTable) -> Result<(), ProbeError> {
                 },
             );
             sent += s.bytes_sent;
-            received += s.bytes_received;
             probed += s.probed_closes;
         }
         if probed > 0 {
-            table.add_bytes(peer(&key), sent, received);
+            table.add_bytes_sent(peer(&key), sent);
         }
     }
     Ok(())
@@ -260,7 +259,7 @@ fn read_hist(ebpf: &Ebpf, table: &mut TcpTable) -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// Connections still open: their bytes and the RTT samples they batch
+/// Connections still open: bytes sent and the RTT samples they batch
 /// in the kernel (flushed there only when their bucket changes or they close).
 fn read_live(ebpf: &Ebpf, table: &mut TcpTable) -> Result<(), ProbeError> {
     let socks: HashMap<_, u64, SockInfo> =
@@ -272,7 +271,7 @@ fn read_live(ebpf: &Ebpf, table: &mut TcpTable) -> Result<(), ProbeError> {
             table.add_open(row.clone());
         }
         if info.flags & SOCK_PROBED != 0 {
-            table.add_bytes(row.clone(), info.bytes_sent, info.bytes_received);
+            table.add_bytes_sent(row.clone(), info.bytes_sent);
         }
         if info.rtt_pending > 0 {
             table.add_samples(

@@ -40,6 +40,38 @@ pub enum Counter {
     TcpHistMapFull = 18,
     /// A TCP tracepoint record could not be read (`bpf_probe_read` failed).
     TcpReadError = 19,
+    /// `MEM_ALLOCS` was full: a sampled allocation was not counted.
+    MemAllocMapFull = 20,
+    /// `MEM_LIVE` refused a sampled block: its free will not be seen, so
+    /// it stays counted as in use.
+    MemLiveMapFull = 21,
+    /// `MEM_PENDING` refused a thread entering the allocator: that call
+    /// was not seen.
+    MemPendingMapFull = 22,
+    /// `posix_memalign`'s out-parameter could not be read.
+    MemReadError = 23,
+    /// The query event ring buffer was full: a query text or completion
+    /// was lost.
+    QueryEventRingFull = 24,
+    /// A per-connection or per-thread query map was full: a query was not
+    /// timed.
+    QueryMapFull = 25,
+    /// More queries in flight on one connection than its queue holds.
+    QueryQueueFull = 26,
+    /// The PostgreSQL wire parser lost its place in a connection's stream
+    /// (resynchronized at the next ReadyForQuery).
+    QueryParserResync = 27,
+    /// `SQLITE_STMTS` refused a prepared statement: its executions are
+    /// not timed (unless its text can be recovered at its first step).
+    SqliteStmtMapFull = 28,
+    /// A statement was stepped whose text is unknown (prepared before
+    /// qprof attached in a library whose layout is unknown, or evicted):
+    /// that step was not timed.
+    SqliteStmtUnknown = 29,
+    /// SQLite query text or an out-parameter could not be read.
+    SqliteReadError = 30,
+    /// `SQLITE_THREADS` refused a thread: its call was not followed.
+    SqliteThreadMapFull = 31,
 }
 
 /// Number of counter slots; the array is sized by this.
@@ -47,7 +79,7 @@ pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
     /// Every counter, for export loops.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 26] = [
         Counter::StackCollision,
         Counter::StackError,
         Counter::CountMapFull,
@@ -62,6 +94,18 @@ impl Counter {
         Counter::TcpStatsMapFull,
         Counter::TcpHistMapFull,
         Counter::TcpReadError,
+        Counter::MemAllocMapFull,
+        Counter::MemLiveMapFull,
+        Counter::MemPendingMapFull,
+        Counter::MemReadError,
+        Counter::QueryEventRingFull,
+        Counter::QueryMapFull,
+        Counter::QueryQueueFull,
+        Counter::QueryParserResync,
+        Counter::SqliteStmtMapFull,
+        Counter::SqliteStmtUnknown,
+        Counter::SqliteReadError,
+        Counter::SqliteThreadMapFull,
     ];
 
     /// Stable snake-case name, used in reports and metric labels.
@@ -82,6 +126,18 @@ impl Counter {
             Counter::TcpStatsMapFull => "tcp_stats_map_full",
             Counter::TcpHistMapFull => "tcp_hist_map_full",
             Counter::TcpReadError => "tcp_read_error",
+            Counter::MemAllocMapFull => "mem_alloc_map_full",
+            Counter::MemLiveMapFull => "mem_live_map_full",
+            Counter::MemPendingMapFull => "mem_pending_map_full",
+            Counter::MemReadError => "mem_read_error",
+            Counter::QueryEventRingFull => "query_event_ring_full",
+            Counter::QueryMapFull => "query_map_full",
+            Counter::QueryQueueFull => "query_queue_full",
+            Counter::QueryParserResync => "query_parser_resync",
+            Counter::SqliteStmtMapFull => "sqlite_stmt_map_full",
+            Counter::SqliteStmtUnknown => "sqlite_stmt_unknown",
+            Counter::SqliteReadError => "sqlite_read_error",
+            Counter::SqliteThreadMapFull => "sqlite_thread_map_full",
         }
     }
 }

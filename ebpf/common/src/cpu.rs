@@ -23,6 +23,9 @@ pub const TARGET_PIDS_CAPACITY: u32 = 1_024;
 /// Slot in `CPU_CONFIG` (a one-element array): non-zero means only pids in
 /// `CPU_TARGET_PIDS` are sampled.
 pub const CONFIG_FILTER_BY_PID: u32 = 0;
+/// Slot in `CPU_CONFIG`: non-zero means samples record the query (text id)
+/// the thread is executing, from `QUERY_ACTIVE` (`record cpu --by-query`).
+pub const CONFIG_BY_QUERY: u32 = 1;
 pub const CONFIG_SLOTS: u32 = 4;
 
 /// Stack id value meaning "no stack of this kind" (user stack of a kernel
@@ -43,8 +46,10 @@ pub struct StackKey {
     pub kernel_stack_id: i32,
     /// Thread name (`comm`), NUL-padded.
     pub comm: [u8; 16],
+    /// Text id of the traced query the thread was inside, 0 if none.
+    pub query_id: u64,
 }
-const _: () = assert!(core::mem::size_of::<StackKey>() == 32);
+const _: () = assert!(core::mem::size_of::<StackKey>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {

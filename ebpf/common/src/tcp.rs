@@ -17,11 +17,12 @@ pub const MAP_SEED: &str = "TCP_SEED";
 pub const MAP_LISTENERS: &str = "TCP_LISTENERS";
 pub const MAP_STATS: &str = "TCP_STATS";
 pub const MAP_HIST: &str = "TCP_HIST";
+pub const MAP_SCRATCH: &str = "TCP_SCRATCH";
 
 /// Sockets tracked at once (live connections owned by traced processes).
 /// A busy database host holds a few thousand; 65,536 is twice the default
 /// ephemeral port range of one source address (28,232 ports). Each entry is
-/// ~180 bytes with the kernel's overhead: ~12 MiB, preallocated so that the
+/// ~170 bytes with the kernel's overhead: ~12 MiB, preallocated so that the
 /// per-packet lookup never allocates. Entries leave on `TCP_CLOSE`; a full
 /// map is counted (`tcp_sock_map_full`).
 pub const SOCKS_CAPACITY: u32 = 65_536;
@@ -41,7 +42,7 @@ pub const SEED_CAPACITY: u32 = 16_384;
 /// ports, and losing an old one only loses attribution.
 pub const LISTENERS_CAPACITY: u32 = 4_096;
 /// Endpoint rows. Per-CPU and allocated on use (`BPF_F_NO_PREALLOC`), since
-/// the value is 112 bytes per CPU: 16,384 rows are 1.8 MiB per CPU when full.
+/// the value is 96 bytes per CPU: 16,384 rows are 1.5 MiB per CPU when full.
 /// A full map is counted (`tcp_stats_map_full`).
 pub const STATS_CAPACITY: u32 = 16_384;
 /// Histogram cells: (row, kind, bucket). Sparse because a connection's
@@ -83,6 +84,10 @@ pub const SOCK_ESTABLISHED: u32 = 1;
 pub const SOCK_PROBED: u32 = 2;
 /// Found already open (seeded or adopted): its lifetime is unknown.
 pub const SOCK_ADOPTED: u32 = 4;
+
+/// Size of the per-CPU scratch copy of a `tcp_probe` record (136 bytes on
+/// 6.x kernels; room to grow).
+pub const PROBE_SPAN_MAX: usize = 256;
 
 /// Offset meaning "this tracepoint has no such field".
 pub const NO_FIELD: u16 = u16::MAX;
@@ -143,17 +148,17 @@ pub struct EndpointStats {
     pub retransmits: u64,
     pub resets_sent: u64,
     pub resets_received: u64,
-    /// Bytes of closed connections (live ones are added from `TCP_SOCKS`).
+    /// Bytes sent by closed connections (live ones are added from
+    /// `TCP_SOCKS`). There is no received counterpart: `tcp_probe` has no
+    /// `rcv_nxt`, and its 16-bit `data_len` wraps on the >64 KiB segments the
+    /// kernel builds by coalescing its socket backlog.
     pub bytes_sent: u64,
-    pub bytes_received: u64,
     /// Closed connections whose bytes were measured (had a `tcp_probe`).
     pub probed_closes: u64,
     pub connect_max_ns: u64,
     pub lifetime_max_ns: u64,
-    /// Explicit padding to a multiple of 16 bytes; always zero.
-    pub pad: u64,
 }
-const _: () = assert!(core::mem::size_of::<EndpointStats>() == 112);
+const _: () = assert!(core::mem::size_of::<EndpointStats>() == 96);
 
 /// Value of `TCP_SOCKS` (key: the kernel's `struct sock *`). Updated
 /// without atomics: every event of one socket runs under its socket lock.
@@ -165,10 +170,9 @@ pub struct SockInfo {
     pub start_ns: u64,
     /// ESTABLISHED time; 0 before, or when adopted.
     pub established_ns: u64,
-    /// Sequence space sent, summed from `snd_nxt` deltas at each probe.
+    /// Sequence space sent, summed from `snd_nxt` deltas at each probe
+    /// (exact up to the last segment received in ESTABLISHED).
     pub bytes_sent: u64,
-    /// Payload received in ESTABLISHED (`data_len` of each probe).
-    pub bytes_received: u64,
     pub last_snd_nxt: u32,
     /// `SOCK_*`.
     pub flags: u32,
@@ -178,7 +182,7 @@ pub struct SockInfo {
     pub rtt_bucket: u32,
     pub rtt_pending: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 112);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 104);
 
 /// Key of `TCP_SEED`: a connection as `/proc/net/tcp*` shows it.
 #[repr(C)]
@@ -247,9 +251,11 @@ pub struct TcpConfig {
     pub protocol: u16,
     pub pad0: u16,
     pub probe: AddrLayout,
-    /// `srtt` (µs), `data_len`, `snd_nxt`, `snd_una`.
+    /// `srtt` (µs), `snd_nxt`, `snd_una`.
     pub srtt: u16,
-    pub data_len: u16,
+    /// Bytes of the `tcp_probe` record read in one go (at most
+    /// `PROBE_SPAN_MAX`): one helper call per packet instead of one per field.
+    pub probe_span: u16,
     pub snd_nxt: u16,
     pub snd_una: u16,
     pub retransmit: AddrLayout,

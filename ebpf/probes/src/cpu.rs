@@ -14,7 +14,7 @@ use aya_ebpf::{
 use qprof_common::{
     counters::Counter,
     cpu::{
-        CONFIG_FILTER_BY_PID, CONFIG_SLOTS, NO_STACK, STACK_COUNTS_CAPACITY, STACK_TRACES_CAPACITY,
+        CONFIG_BY_QUERY, CONFIG_FILTER_BY_PID, CONFIG_SLOTS, NO_STACK, STACK_COUNTS_CAPACITY, STACK_TRACES_CAPACITY,
         StackKey, TARGET_PIDS_CAPACITY,
     },
 };
@@ -64,8 +64,19 @@ pub fn on_sample(ctx: &PerfEventContext) {
         user_stack_id: stack_id(ctx, u64::from(BPF_F_USER_STACK)),
         kernel_stack_id: stack_id(ctx, 0),
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        query_id: current_query(tid),
     };
     count(&key);
+}
+
+/// The query `tid` is executing, when `--by-query` asked for it.
+#[inline(always)]
+fn current_query(tid: u32) -> u64 {
+    if CPU_CONFIG.get(CONFIG_BY_QUERY).copied().unwrap_or(0) == 0 {
+        return 0;
+    }
+    // SAFETY: the value is copied out at once.
+    unsafe { crate::query_events::QUERY_ACTIVE.get(tid) }.map_or(0, |q| q.text_id)
 }
 
 /// Pid filtering happens first so that untargeted processes cost a map

@@ -129,7 +129,6 @@ fn connect_started(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> 
         start_ns: now_ns(),
         established_ns: 0,
         bytes_sent: 0,
-        bytes_received: 0,
         last_snd_nxt: 0,
         flags: 0,
         rtt_bucket: 0,
@@ -216,7 +215,6 @@ fn accepted(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
         start_ns: 0,
         established_ns: now_ns(),
         bytes_sent: 0,
-        bytes_received: 0,
         last_snd_nxt: 0,
         flags: SOCK_ESTABLISHED,
         rtt_bucket: 0,
@@ -287,7 +285,6 @@ fn flush_closed(info: &SockInfo) {
         if probed {
             s.probed_closes += 1;
             s.bytes_sent += info.bytes_sent;
-            s.bytes_received += info.bytes_received;
         }
     });
     if info.flags & SOCK_ADOPTED == 0 {
@@ -357,8 +354,8 @@ fn row_of(
 }
 
 /// `tcp:tcp_probe`: runs for every segment received in ESTABLISHED, so it
-/// is the hot path: one hash lookup, a few record reads, and a histogram
-/// update only when the socket's RTT bucket changes.
+/// is the hot path: one copy of the record, one hash lookup, and a
+/// histogram update only when the socket's RTT bucket changes.
 #[inline(always)]
 pub fn on_probe(ctx: &TracePointContext) {
     let Some(cfg) = config() else { return };
@@ -368,7 +365,8 @@ pub fn on_probe(ctx: &TracePointContext) {
 }
 
 fn try_probe(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
-    let sk = skaddr(ctx, &cfg.probe)?;
+    let rec = record::copy_probe(ctx, cfg)?;
+    let sk: u64 = record::field(rec, cfg.probe.skaddr)?;
     let ptr = match sock_ptr(sk) {
         Some(ptr) => ptr,
         None => match adopt(ctx, cfg, sk)? {
@@ -379,19 +377,17 @@ fn try_probe(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
     // SAFETY: as in `connected` (tcp_rcv_established runs under the socket
     // lock, in softirq or from the owner's backlog).
     let info = unsafe { &mut *ptr };
-    let srtt: u32 = read(ctx, cfg.srtt)?;
-    let data_len: u16 = read(ctx, cfg.data_len)?;
-    let snd_nxt: u32 = read(ctx, cfg.snd_nxt)?;
+    let srtt: u32 = record::field(rec, cfg.srtt)?;
+    let snd_nxt: u32 = record::field(rec, cfg.snd_nxt)?;
     if info.flags & SOCK_PROBED == 0 {
         // Everything up to snd_una was acknowledged before this first look.
-        let snd_una: u32 = read(ctx, cfg.snd_una)?;
+        let snd_una: u32 = record::field(rec, cfg.snd_una)?;
         info.bytes_sent += u64::from(snd_nxt.wrapping_sub(snd_una));
         info.flags |= SOCK_PROBED;
     } else {
         info.bytes_sent += u64::from(snd_nxt.wrapping_sub(info.last_snd_nxt));
     }
     info.last_snd_nxt = snd_nxt;
-    info.bytes_received += u64::from(data_len);
     if srtt == 0 {
         return Ok(()); // no RTT sample yet
     }
@@ -424,7 +420,6 @@ fn adopt(ctx: &TracePointContext, cfg: &TcpConfig, sk: u64) -> Result<Option<*mu
         start_ns: 0,
         established_ns: 0,
         bytes_sent: 0,
-        bytes_received: 0,
         last_snd_nxt: 0,
         flags: SOCK_ADOPTED,
         rtt_bucket: 0,

@@ -40,9 +40,9 @@ use crate::{setup, test, util};
 /// exit, kernel threads).
 const MAX_OTHER_LOAD: f64 = 0.02;
 /// Attempts per window before the quietest one is kept anyway.
-const MAX_ATTEMPTS: usize = 4;
+const MAX_ATTEMPTS: usize = 3;
 /// How long to wait for a quiet machine before each window.
-const QUIET_PATIENCE: Duration = Duration::from_mins(5);
+const QUIET_PATIENCE: Duration = Duration::from_mins(2);
 
 #[derive(Clone, Copy)]
 enum Condition {

@@ -3,10 +3,14 @@
 
 mod cpu;
 mod cpu_report;
+mod memory;
 mod offcpu;
 mod perf_post;
+mod postgres;
 mod process;
+mod queries;
 mod syscalls;
+mod tcp;
 
 use std::process::ExitCode;
 
@@ -29,6 +33,13 @@ pub enum Which {
     Syscalls,
     /// Off-CPU profiling: context switches/s untraced vs under qprof.
     Offcpu,
+    /// Memory profiling: ns per malloc+free pair vs untraced, the trap
+    /// floor and bpftrace.
+    Memory,
+    /// TCP tracing: pgbench -S TPS untraced vs under `qprof record tcp`.
+    Tcp,
+    /// Query tracing: pgbench -S TPS and traps per query vs bpftrace.
+    Queries,
 }
 
 pub fn run(which: &Which) -> anyhow::Result<ExitCode> {
@@ -36,5 +47,8 @@ pub fn run(which: &Which) -> anyhow::Result<ExitCode> {
         Which::Cpu { seconds, rounds } => cpu::run(seconds, rounds),
         Which::Syscalls => syscalls::run(),
         Which::Offcpu => offcpu::run(),
+        Which::Memory => memory::run(),
+        Which::Tcp => tcp::run(),
+        Which::Queries => queries::run(),
     }
 }

@@ -25,11 +25,22 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let scratch = Scratch::create("offcpu")?;
     let fixture = scratch.path("pingpong");
     let src = util::workspace_root().join("tests/fixtures/pingpong.c");
-    run_cmd(Command::new("gcc").args(["-O2", "-pthread", "-o"]).arg(&fixture).arg(&src))?;
+    run_cmd(
+        Command::new("gcc")
+            .args(["-O2", "-pthread", "-o"])
+            .arg(&fixture)
+            .arg(&src),
+    )?;
     let conditions: [(&str, Option<&[&str]>); 3] = [
         ("untraced", None),
-        ("qprof record offcpu (host-wide, --min-block 1ms)", Some(&[])),
-        ("qprof record offcpu (host-wide, --min-block 0)", Some(&["--min-block", "0"])),
+        (
+            "qprof record offcpu (host-wide, --min-block 1ms)",
+            Some(&[]),
+        ),
+        (
+            "qprof record offcpu (host-wide, --min-block 0)",
+            Some(&["--min-block", "0"]),
+        ),
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); conditions.len()];
     for round in 0..ROUNDS {
@@ -51,25 +62,39 @@ pub fn run() -> anyhow::Result<ExitCode> {
     println!("| --- | --- | --- | --- |");
     for ((name, _), rate) in conditions.iter().zip(&medians) {
         let ratio = rate / medians[0];
-        let target = if name.starts_with("untraced") { "-".to_owned() } else { format!(">= 0.90: {}", if ratio >= 0.90 { "met" } else { "NOT met" }) };
+        let target = if name.starts_with("untraced") {
+            "-".to_owned()
+        } else {
+            format!(">= 0.90: {}", if ratio >= 0.90 { "met" } else { "NOT met" })
+        };
         println!("| {name} | {rate:.0} | {ratio:.3} | {target} |");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn measure(qprof: &Path, fixture: &Path, extra: Option<&[&str]>, scratch: &Scratch) -> anyhow::Result<f64> {
+fn measure(
+    qprof: &Path,
+    fixture: &Path,
+    extra: Option<&[&str]>,
+    scratch: &Scratch,
+) -> anyhow::Result<f64> {
     let log = scratch.path("qprof.log");
     let tracer = match extra {
         None => None,
         Some(extra) => {
             let mut cmd = Command::new(qprof);
-            cmd.args(["record", "offcpu", "--duration", "10m", "-o"]).arg(scratch.path("off.pb.gz")).args(extra);
+            cmd.args(["record", "offcpu", "--duration", "10m", "-o"])
+                .arg(scratch.path("off.pb.gz"))
+                .args(extra);
             let tracer = Running::spawn(&mut cmd, "qprof", Some(&log))?;
             wait_for_text(&log, "qprof: recording")?;
             Some(tracer)
         }
     };
-    let out = Command::new(fixture).arg(SECONDS.to_string()).output().context("running pingpong")?;
+    let out = Command::new(fixture)
+        .arg(SECONDS.to_string())
+        .output()
+        .context("running pingpong")?;
     if let Some(tracer) = tracer {
         tracer.signal(libc::SIGINT)?;
         let mut tracer = tracer;

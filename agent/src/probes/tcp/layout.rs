@@ -1,7 +1,7 @@
 //! The TCP tracepoints' record layouts, from their tracefs format files, as
 //! the `TcpConfig` the BPF programs read their offsets from.
 
-use qprof_common::tcp::{AddrLayout, NO_FIELD, TcpConfig};
+use qprof_common::tcp::{AddrLayout, NO_FIELD, PROBE_SPAN_MAX, TcpConfig};
 
 use crate::probes::tracefs::{FormatError, TracepointFormat};
 
@@ -123,6 +123,25 @@ pub fn load(filter_by_pid: bool, ephemeral: (u16, u16)) -> Result<TcpConfig, Lay
     let retransmit = Format::load("tcp", "tcp_retransmit_skb")?;
     let send_reset = Format::load("tcp", "tcp_send_reset")?;
     let receive_reset = Format::load("tcp", "tcp_receive_reset")?;
+    let probe_addrs = probe.addrs()?;
+    let (srtt, snd_nxt, snd_una) = (
+        probe.field("srtt", &[4])?,
+        probe.field("snd_nxt", &[4])?,
+        probe.field("snd_una", &[4])?,
+    );
+    // The BPF side copies this much of each tcp_probe record in one go.
+    let span = [(probe_addrs.skaddr, 8), (srtt, 4), (snd_nxt, 4), (snd_una, 4)]
+        .iter()
+        .map(|&(offset, size)| usize::from(offset) + size)
+        .max()
+        .unwrap_or(0);
+    if span > PROBE_SPAN_MAX {
+        return Err(LayoutError::Offset {
+            tracepoint: probe.name.clone(),
+            field: "skaddr/srtt/snd_nxt/snd_una",
+            offset: span as u32,
+        });
+    }
     Ok(TcpConfig {
         filter_by_pid: u32::from(filter_by_pid),
         ephemeral_low: ephemeral.0,
@@ -132,11 +151,11 @@ pub fn load(filter_by_pid: bool, ephemeral: (u16, u16)) -> Result<TcpConfig, Lay
         newstate: set_state.field("newstate", &[4])?,
         protocol: set_state.field("protocol", &[2])?,
         pad0: 0,
-        probe: probe.addrs()?,
-        srtt: probe.field("srtt", &[4])?,
-        data_len: probe.field("data_len", &[2])?,
-        snd_nxt: probe.field("snd_nxt", &[4])?,
-        snd_una: probe.field("snd_una", &[4])?,
+        probe: probe_addrs,
+        srtt,
+        probe_span: span as u16,
+        snd_nxt,
+        snd_una,
         retransmit: retransmit.addrs()?,
         retransmit_state: retransmit.field("state", &[4])?,
         retransmit_err: retransmit.optional("err", 4)?,

@@ -1,0 +1,48 @@
+//! `record cpu --by-query`: the query tracer runs inside the CPU sampler's
+//! object, so the CPU program can read which query each thread is in
+//! (`QUERY_ACTIVE`); samples then carry that query's fingerprint id.
+
+use std::collections::HashMap;
+
+use aya::{Ebpf, maps::Array};
+use qprof_common::cpu::{CONFIG_BY_QUERY, MAP_CONFIG};
+
+use super::{
+    ProbeError,
+    queries::{QueryError, QueryOptions, QueryTracer, events::QueryEvent},
+};
+use crate::aggregate::fingerprint::{id_hex, normalize_captured};
+
+/// Texts seen for the capture's queries, and the tracer that sends them.
+pub struct QueryLabels {
+    tracer: QueryTracer,
+    /// text id -> fingerprint id (hex).
+    fingerprints: HashMap<u64, String>,
+}
+
+impl QueryLabels {
+    pub fn attach(ebpf: &mut Ebpf, pids: &[u32]) -> Result<Self, QueryError> {
+        let map = ebpf.map_mut(MAP_CONFIG).ok_or(ProbeError::Missing { kind: "map", name: MAP_CONFIG })?;
+        let mut cfg: Array<_, u64> = Array::try_from(map).map_err(|source| ProbeError::Map { name: MAP_CONFIG, source })?;
+        cfg.set(CONFIG_BY_QUERY, 1, 0).map_err(|source| ProbeError::Map { name: MAP_CONFIG, source })?;
+        let tracer = QueryTracer::attach(ebpf, &QueryOptions { pids: pids.to_vec() })?;
+        Ok(Self { tracer, fingerprints: HashMap::new() })
+    }
+
+    /// Finds new libraries and learns texts (completions are not needed).
+    pub fn poll(&mut self, ebpf: &mut Ebpf) {
+        let _ = self.tracer.scan(ebpf, false);
+        let fingerprints = &mut self.fingerprints;
+        self.tracer.poll(|ev| {
+            if let QueryEvent::Text { text_id, bytes, truncated, .. } = ev {
+                fingerprints.entry(text_id).or_insert_with(|| id_hex(normalize_captured(&bytes, truncated).id));
+            }
+        });
+    }
+
+    /// The `query` label of a sample taken inside query `text_id`.
+    #[must_use]
+    pub fn label(&self, text_id: u64) -> String {
+        self.fingerprints.get(&text_id).cloned().unwrap_or_else(|| "unknown".to_owned())
+    }
+}

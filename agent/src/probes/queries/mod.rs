@@ -1,0 +1,174 @@
+//! Query tracing: loads the libpq (and SQLite) probes, attaches them to the
+//! libraries processes map, and reads text and completion events.
+
+pub mod events;
+pub mod libpq;
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, RingBuf},
+    programs::TracePoint,
+};
+use qprof_common::{
+    queries::{MAP_CONFIG, MAP_EVENTS, MAP_TARGET_PIDS, QueryConfig},
+    query_pq::{MAP_CONFIG as PQ_MAP_CONFIG, PqConfig},
+};
+
+use self::{
+    events::{QueryEvent, decode},
+    libpq::PgProbes,
+};
+use super::{ProbeError, load_object, tracefs::TracepointFormat};
+
+/// Syscall tracepoints that complete libpq queries: (program, event).
+const PQ_TRACEPOINTS: [(&str, &str); 3] = [
+    ("pq_sendto", "sys_enter_sendto"),
+    ("pq_recvfrom_enter", "sys_enter_recvfrom"),
+    ("pq_recvfrom_exit", "sys_exit_recvfrom"),
+];
+
+/// How often every process is rescanned for newly loaded libraries
+/// (new processes are scanned at every poll).
+const FULL_RESCAN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Format(#[from] super::tracefs::FormatError),
+}
+
+/// What to trace.
+#[derive(Debug, Clone, Default)]
+pub struct QueryOptions {
+    /// Only these processes (empty: every process).
+    pub pids: Vec<u32>,
+}
+
+/// A running query trace inside a loaded object (its own, for `record
+/// queries`, or the CPU sampler's, for `record cpu --by-query`). Programs
+/// stay attached as long as that object lives.
+pub struct QueryTracer {
+    events: RingBuf<MapData>,
+    pub pg: PgProbes,
+    options: QueryOptions,
+    scanned: HashSet<u32>,
+    last_full_scan: Instant,
+    /// Records of unknown kind or length.
+    pub malformed: u64,
+}
+
+impl QueryTracer {
+    /// Loads a fresh object and attaches into it.
+    pub fn start(options: &QueryOptions) -> Result<(Ebpf, Self), QueryError> {
+        let mut ebpf = load_object()?;
+        let tracer = Self::attach(&mut ebpf, options)?;
+        Ok((ebpf, tracer))
+    }
+
+    /// Configures and attaches the query probes in `ebpf`.
+    pub fn attach(ebpf: &mut Ebpf, options: &QueryOptions) -> Result<Self, QueryError> {
+        configure(ebpf, options)?;
+        for (program, event) in PQ_TRACEPOINTS {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::Missing { kind: "program", name: program })?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name: program, source })?;
+            tp.load().map_err(|source| ProbeError::Program { name: program, source })?;
+            tp.attach("syscalls", event).map_err(|source| ProbeError::Program { name: program, source })?;
+        }
+        let map = ebpf.take_map(MAP_EVENTS).ok_or(ProbeError::Missing { kind: "map", name: MAP_EVENTS })?;
+        let events = RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: MAP_EVENTS, source })?;
+        let mut tracer = Self {
+            events,
+            pg: PgProbes::default(),
+            options: options.clone(),
+            scanned: HashSet::new(),
+            last_full_scan: Instant::now(),
+            malformed: 0,
+        };
+        if options.pids.is_empty() {
+            tracer.pg.scan_system(ebpf)?;
+        }
+        tracer.scan(ebpf, true)?;
+        Ok(tracer)
+    }
+
+    /// Looks for libraries in processes not seen before (and in all of them
+    /// every `FULL_RESCAN`). Returns the pids scanned for the first time.
+    pub fn scan(&mut self, ebpf: &mut Ebpf, force_all: bool) -> Result<Vec<u32>, ProbeError> {
+        let all = force_all || self.last_full_scan.elapsed() >= FULL_RESCAN;
+        if all {
+            self.last_full_scan = Instant::now();
+        }
+        let pids: Vec<u32> = if self.options.pids.is_empty() { live_pids() } else { self.options.pids.clone() };
+        let mut fresh = Vec::new();
+        for pid in pids {
+            let new = self.scanned.insert(pid);
+            if new || all {
+                self.pg.scan_pid(ebpf, pid)?;
+                if new {
+                    fresh.push(pid);
+                }
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// Drains the event ring, handing each event to `sink`.
+    pub fn poll(&mut self, mut sink: impl FnMut(QueryEvent)) -> usize {
+        let mut n = 0;
+        while let Some(record) = self.events.next() {
+            match decode(&record) {
+                Some(ev) => sink(ev),
+                None => self.malformed += 1,
+            }
+            n += 1;
+        }
+        n
+    }
+}
+
+fn configure(ebpf: &mut Ebpf, options: &QueryOptions) -> Result<(), QueryError> {
+    let config = QueryConfig { filter_pids: u32::from(!options.pids.is_empty()), pad: 0 };
+    let map = ebpf.map_mut(MAP_CONFIG).ok_or(ProbeError::Missing { kind: "map", name: MAP_CONFIG })?;
+    let mut array: Array<_, QueryConfig> =
+        Array::try_from(map).map_err(|source| ProbeError::Map { name: MAP_CONFIG, source })?;
+    array.set(0, config, 0).map_err(|source| ProbeError::Map { name: MAP_CONFIG, source })?;
+    if !options.pids.is_empty() {
+        let map = ebpf.map_mut(MAP_TARGET_PIDS).ok_or(ProbeError::Missing { kind: "map", name: MAP_TARGET_PIDS })?;
+        let mut targets: HashMap<_, u32, u8> =
+            HashMap::try_from(map).map_err(|source| ProbeError::Map { name: MAP_TARGET_PIDS, source })?;
+        for pid in &options.pids {
+            targets.insert(pid, 1, 0).map_err(|source| ProbeError::Map { name: MAP_TARGET_PIDS, source })?;
+        }
+    }
+    let sendto = TracepointFormat::load("syscalls", "sys_enter_sendto")?;
+    let recv = TracepointFormat::load("syscalls", "sys_enter_recvfrom")?;
+    let recv_exit = TracepointFormat::load("syscalls", "sys_exit_recvfrom")?;
+    let pq = PqConfig {
+        off_sendto_fd: sendto.field("fd")?.offset,
+        off_recvfrom_fd: recv.field("fd")?.offset,
+        off_recvfrom_buf: recv.field("ubuf")?.offset,
+        off_exit_ret: recv_exit.field("ret")?.offset,
+    };
+    let map = ebpf.map_mut(PQ_MAP_CONFIG).ok_or(ProbeError::Missing { kind: "map", name: PQ_MAP_CONFIG })?;
+    let mut array: Array<_, PqConfig> =
+        Array::try_from(map).map_err(|source| ProbeError::Map { name: PQ_MAP_CONFIG, source })?;
+    array.set(0, pq, 0).map_err(|source| ProbeError::Map { name: PQ_MAP_CONFIG, source })?;
+    Ok(())
+}
+
+/// Pids of every live process.
+fn live_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|dir| dir.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}

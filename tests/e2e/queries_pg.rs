@@ -1,0 +1,184 @@
+//! End-to-end libpq query tracing against a real PostgreSQL server started
+//! by the harness, checked against pgbench's own counts and latency log.
+
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use qprof_e2e::{TempDir, assert_fails_with, postgres::PgServer, require_root, run_qprof, session::QprofRun};
+use serde_json::Value;
+
+/// Postgres rows of a `--json` report, by fingerprint text.
+fn pg_rows(json: &Path) -> HashMap<String, Value> {
+    let text = std::fs::read_to_string(json).unwrap_or_else(|e| panic!("reading {}: {e}", json.display()));
+    let rows: Vec<Value> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON {e}: {text}"));
+    rows.into_iter()
+        .filter(|r| r["db"] == "postgres")
+        .map(|r| (r["fingerprint"].as_str().unwrap_or_default().to_owned(), r))
+        .collect()
+}
+
+/// Latencies (µs) from pgbench's per-transaction log files (`-l`): the
+/// third field of every line.
+fn pgbench_latencies(dir: &Path, prefix: &str) -> Vec<f64> {
+    let mut lat = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok) {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            lat.extend(text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<f64>().ok()));
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    lat
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied().unwrap_or(0.0)
+}
+
+const SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = ?";
+
+/// Runs pgbench -S in `mode` under qprof; returns (qprof's row for the
+/// select, pgbench's latencies).
+fn pgbench_under_qprof(server: &PgServer, dir: &TempDir, mode: &str) -> (Value, Vec<f64>) {
+    let json = dir.join(&format!("{mode}.json"));
+    let mut qprof = QprofRun::start(&["record", "queries", "--duration", "5m", "--json", json.to_str().unwrap_or_default()]);
+    let prefix = format!("pgbench_{mode}");
+    let out = server
+        .client("pgbench")
+        .args(["-S", "-n", "-t", "500", "-c", "2", "-M", mode, "-l"])
+        .arg(format!("--log-prefix={}", dir.join(&prefix).display()))
+        .arg("postgres")
+        .output()
+        .unwrap_or_else(|e| panic!("pgbench: {e}"));
+    assert!(out.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    qprof.interrupt();
+    let fin = qprof.wait();
+    assert!(fin.status.success(), "qprof failed: {}", fin.stderr);
+    let rows = pg_rows(&json);
+    let row = rows.get(SELECT).cloned().unwrap_or_else(|| panic!("no row for {SELECT:?}: {:?}", rows.keys()));
+    (row, pgbench_latencies(dir.path(), &prefix))
+}
+
+/// pgbench -S with the simple, extended and prepared protocols: the call
+/// count equals the transactions pgbench executed, and p50/p99 agree with
+/// pgbench's own per-transaction log.
+#[test]
+fn pgbench_counts_and_latency_match() {
+    require_root();
+    let server = PgServer::start("pgbench");
+    let dir = TempDir::new("pgbench");
+    let init = server.client("pgbench").args(["-i", "-s", "1", "-q", "postgres"]).output();
+    assert!(init.is_ok_and(|o| o.status.success()), "pgbench -i failed");
+    for mode in ["simple", "extended", "prepared"] {
+        let (row, lat) = pgbench_under_qprof(&server, &dir, mode);
+        assert_eq!(row["calls"], 1000, "{mode}: {row}");
+        assert_eq!(row["errors"], 0, "{mode}: {row}");
+        assert_eq!(lat.len(), 1000, "{mode}: pgbench logged {} transactions", lat.len());
+        let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
+        let (q50, q99) = (row["p50_us"].as_f64().unwrap_or(0.0), row["p99_us"].as_f64().unwrap_or(0.0));
+        eprintln!("{mode}: pgbench p50 {p50:.0}us p99 {p99:.0}us; qprof p50 {q50:.0}us p99 {q99:.0}us");
+        assert!((q50 - p50).abs() <= 0.10 * p50, "{mode}: p50 qprof {q50} vs pgbench {p50}");
+        assert!((q99 - p99).abs() <= 0.10 * p99, "{mode}: p99 qprof {q99} vs pgbench {p99}");
+    }
+}
+
+/// psql running a script: statement counts, rows and the failing statement's
+/// error are right; literals never appear in fingerprints.
+#[test]
+fn psql_script_counts_and_errors() {
+    require_root();
+    let server = PgServer::start("psql");
+    let dir = TempDir::new("psql");
+    let json = dir.join("psql.json");
+    let script = dir.join("script.sql");
+    std::fs::write(
+        &script,
+        "CREATE TABLE qprof_t (a int, s text);\n\
+         INSERT INTO qprof_t VALUES (1, 'secret-one');\n\
+         INSERT INTO qprof_t VALUES (2, 'secret-two');\n\
+         INSERT INTO qprof_t VALUES (3, 'secret-three');\n\
+         SELECT a FROM qprof_t WHERE a > 0;\n\
+         SELECT * FROM qprof_no_such_table;\n\
+         SELECT a FROM qprof_t WHERE a > 1;\n",
+    )
+    .unwrap_or_else(|e| panic!("writing script: {e}"));
+    let mut qprof = QprofRun::start(&["record", "queries", "--duration", "5m", "--json", json.to_str().unwrap_or_default()]);
+    let out = server.client("psql").args(["-X", "-q", "-f"]).arg(&script).arg("postgres").output();
+    assert!(out.is_ok(), "psql did not run");
+    std::thread::sleep(Duration::from_millis(300));
+    qprof.interrupt();
+    let fin = qprof.wait();
+    assert!(fin.status.success(), "qprof failed: {}", fin.stderr);
+    let rows = pg_rows(&json);
+    let insert = &rows["INSERT INTO qprof_t VALUES (?, ?)"];
+    assert_eq!((insert["calls"].as_u64(), insert["errors"].as_u64()), (Some(3), Some(0)), "{insert}");
+    let select = &rows["SELECT a FROM qprof_t WHERE a > ?"];
+    assert_eq!(select["calls"], 2, "{select}");
+    let missing = &rows["SELECT * FROM qprof_no_such_table"];
+    assert_eq!((missing["calls"].as_u64(), missing["errors"].as_u64()), (Some(1), Some(1)), "{missing}");
+    let raw = std::fs::read_to_string(&json).unwrap_or_default();
+    assert!(!raw.contains("secret-"), "literals leaked into the report");
+}
+
+/// A client started after qprof is running is traced.
+#[test]
+fn client_started_later_is_traced() {
+    require_root();
+    let server = PgServer::start("later");
+    let dir = TempDir::new("later");
+    let json = dir.join("later.json");
+    let mut qprof = QprofRun::start(&["record", "queries", "--duration", "5m", "--json", json.to_str().unwrap_or_default()]);
+    // The first statement gives qprof time to find the new process's libpq.
+    let out = server.client("psql").args(["-X", "-q", "-c", "SELECT pg_sleep(1.5)", "-c", "SELECT 4242 AS later"]).arg("postgres").output();
+    assert!(out.is_ok_and(|o| o.status.success()), "psql failed");
+    std::thread::sleep(Duration::from_millis(300));
+    qprof.interrupt();
+    let fin = qprof.wait();
+    assert!(fin.status.success(), "qprof failed: {}", fin.stderr);
+    let rows = pg_rows(&json);
+    assert_eq!(rows.get("SELECT ? AS later").map(|r| r["calls"].clone()), Some(Value::from(1)), "{:?}", rows.keys());
+}
+
+/// Bad input for `record queries`.
+#[test]
+fn bad_queries_inputs() {
+    require_root();
+    assert_fails_with(&run_qprof(&["record", "queries", "--pid", "4194304"]), "no process with pid 4194304");
+    assert_fails_with(&run_qprof(&["record", "queries", "--top", "none"]), "invalid --top");
+    assert_fails_with(&run_qprof(&["record", "queries", "--json", "/nonexistent-qprof-dir/q.json"]), "/nonexistent-qprof-dir does not exist");
+}
+
+/// `record cpu --by-query`: CPU burnt by a client inside one query shows
+/// under that query's fingerprint, and `flamegraph --query` draws it alone.
+#[test]
+fn cpu_by_query_flamegraph() {
+    require_root();
+    let server = PgServer::start("byquery");
+    let dir = TempDir::new("byquery");
+    let fixture = qprof_e2e::build_fixture_with("pq_burn", dir.path(), &["-I/usr/include/postgresql", "-lpq"]);
+    let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable", server.port);
+    let mut client = qprof_e2e::session::Fixture::start(&fixture, &[&conninfo]);
+    let pid = client.pid.to_string();
+    let (cpu, queries) = (dir.join("cpu.pb.gz"), dir.join("q.json"));
+    let mut rec_q = QprofRun::start(&["record", "queries", "--pid", &pid, "--duration", "5m", "--json", queries.to_str().unwrap_or_default()]);
+    let mut rec_cpu = QprofRun::start(&["record", "cpu", "--by-query", "--pid", &pid, "--hz", "199", "--duration", "5m", "-o", cpu.to_str().unwrap_or_default()]);
+    client.run_to_done();
+    rec_cpu.interrupt();
+    rec_q.interrupt();
+    let (fin_cpu, fin_q) = (rec_cpu.wait(), rec_q.wait());
+    assert!(fin_cpu.status.success() && fin_q.status.success(), "{}\n{}", fin_cpu.stderr, fin_q.stderr);
+    let rows = pg_rows(&queries);
+    let id = rows["SELECT ? AS burn_query"]["fingerprint_id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(id.len(), 16, "{rows:?}");
+    let svg = dir.join("q.svg");
+    let out = run_qprof(&["flamegraph", cpu.to_str().unwrap_or_default(), "--query", &id, "-o", svg.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "flamegraph --query failed: {}", qprof_e2e::stderr(&out));
+    let text = std::fs::read_to_string(&svg).unwrap_or_default();
+    assert!(text.contains("burn_inside_query"), "the query's flamegraph lacks the burning function");
+    assert!(!text.contains("burn_outside_query"), "CPU outside the query leaked into its flamegraph");
+    let bad = run_qprof(&["flamegraph", cpu.to_str().unwrap_or_default(), "--query", "00000000000000ff"]);
+    assert_fails_with(&bad, "no samples in");
+    assert_fails_with(&run_qprof(&["flamegraph", cpu.to_str().unwrap_or_default(), "--query", "xyz"]), "invalid --query 'xyz'");
+    assert!(client.finish().success());
+}

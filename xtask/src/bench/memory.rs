@@ -1,0 +1,259 @@
+//! `cargo xtask bench memory`: what a malloc+free pair costs under the
+//! memory profiler.
+//!
+//! A malloc/free loop (`tests/fixtures/mem_churn.c`) measures ns per pair,
+//! in one run and interleaved round by round: untraced; under one empty
+//! uprobe (the trap cost); under qprof's trap set with empty programs
+//! (uprobe + uretprobe on malloc, uprobe on free: the floor any design
+//! with these probes pays); under `qprof record memory --pid`; and under
+//! bpftrace counting malloc and free by user stack (the peer). Target
+//! (issue 5): qprof <= bpftrace.
+//!
+//! The loop runs on a private copy of libc (`LD_LIBRARY_PATH`): uprobes
+//! are attached to a file, and bpftrace attaches host-wide, so on the
+//! system libc it would trap in every process on the machine.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::process::{Running, Scratch};
+use crate::util::{self, run_cmd};
+
+/// Pairs per measurement: ~4 s traced on this machine (a trap is ~10 µs).
+const PAIRS: u64 = 200_000;
+const ROUNDS: usize = 3;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Untraced,
+    OneTrap,
+    TrapFloor,
+    Qprof,
+    Bpftrace,
+}
+
+impl Mode {
+    const ALL: [Mode; 5] = [
+        Mode::Untraced,
+        Mode::OneTrap,
+        Mode::TrapFloor,
+        Mode::Qprof,
+        Mode::Bpftrace,
+    ];
+
+    /// The bpftrace program of this mode, for a libc at `lib`.
+    fn bpftrace_script(self, lib: &Path) -> Option<String> {
+        let lib = lib.display();
+        match self {
+            Mode::Untraced | Mode::Qprof => None,
+            // `pid == 0` never holds: the programs run but do nothing.
+            Mode::OneTrap => Some(format!("uprobe:{lib}:free /pid == 0/ {{ @n = count(); }}")),
+            Mode::TrapFloor => Some(format!(
+                "uprobe:{lib}:malloc /pid == 0/ {{ @a = count(); }} \
+                 uretprobe:{lib}:malloc /pid == 0/ {{ @b = count(); }} \
+                 uprobe:{lib}:free /pid == 0/ {{ @c = count(); }}"
+            )),
+            Mode::Bpftrace => Some(format!(
+                "uprobe:{lib}:malloc {{ @[ustack] = count(); }} \
+                 uprobe:{lib}:free {{ @f[ustack] = count(); }}"
+            )),
+        }
+    }
+}
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    if !util::is_root() {
+        bail!("benchmarks load BPF programs: run as root");
+    }
+    crate::test::install_test_packages()?;
+    if !util::on_path("bpftrace") {
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "bpftrace"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    let qprof = util::build_qprof()?;
+    let scratch = Scratch::create("memory")?;
+    let fixture = scratch.path("mem_churn");
+    let src = util::workspace_root().join("tests/fixtures/mem_churn.c");
+    run_cmd(
+        Command::new("gcc")
+            .args(["-O2", "-fno-omit-frame-pointer", "-o"])
+            .arg(&fixture)
+            .arg(&src),
+    )?;
+    let lib_dir = private_libc(&scratch)?;
+    let mut results: Vec<(Mode, Vec<f64>)> = Mode::ALL.iter().map(|m| (*m, Vec::new())).collect();
+    for round in 0..ROUNDS {
+        for (mode, samples) in &mut results {
+            let ns = measure(*mode, &qprof, &fixture, &lib_dir, &scratch)?;
+            eprintln!("  round {}: {:?}: {ns:.0} ns/pair", round + 1, mode);
+            samples.push(ns);
+        }
+    }
+    let median = |mode: Mode| {
+        let mut v = results
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    report(&median);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(median: &dyn Fn(Mode) -> f64) {
+    let base = median(Mode::Untraced);
+    let added = |m: Mode| median(m) - base;
+    let (trap, floor, q, b) = (
+        added(Mode::OneTrap),
+        added(Mode::TrapFloor),
+        added(Mode::Qprof),
+        added(Mode::Bpftrace),
+    );
+    println!(
+        "malloc+free loop, {PAIRS} pairs of 16..1039 bytes on a private libc, median of {ROUNDS} interleaved rounds:"
+    );
+    println!("| condition | ns/pair | added ns/pair |");
+    println!("| --- | --- | --- |");
+    println!("| untraced | {base:.0} | - |");
+    let row = |name: &str, m: Mode| {
+        println!("| {name} | {:.0} | {:.0} |", median(m), added(m));
+    };
+    row("one empty uprobe (on free): the trap cost", Mode::OneTrap);
+    row(
+        "qprof's trap set, empty programs (uprobe+uretprobe malloc, uprobe free)",
+        Mode::TrapFloor,
+    );
+    row(
+        "qprof record memory --pid (--sample-bytes 512K)",
+        Mode::Qprof,
+    );
+    row(
+        "bpftrace: count by ustack on malloc and free",
+        Mode::Bpftrace,
+    );
+    println!(
+        "trap floor per allocation: 2 uprobe traps + 1 uretprobe per malloc+free pair = {floor:.0} ns measured \
+         (one trap {trap:.0} ns; the uretprobe adds {:.0} ns)",
+        floor - 2.0 * trap
+    );
+    println!(
+        "qprof above its trap floor: {:.0} ns/pair; qprof added / bpftrace added = {:.2} (target <= 1: {})",
+        q - floor,
+        q / b,
+        if q <= b { "met" } else { "NOT met" }
+    );
+}
+
+/// Copies the system libc into `<scratch>/lib` and returns that directory.
+fn private_libc(scratch: &Scratch) -> anyhow::Result<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
+    let libc = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("/libc.so.6"))
+        .context("this process maps no libc.so.6")?;
+    let dir = scratch.path("lib");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::copy(libc, dir.join("libc.so.6")).with_context(|| format!("copying {libc}"))?;
+    Ok(dir)
+}
+
+/// One loop run under `mode`; returns ns per pair as the fixture measured it.
+fn measure(
+    mode: Mode,
+    qprof: &Path,
+    fixture: &Path,
+    lib_dir: &Path,
+    scratch: &Scratch,
+) -> anyhow::Result<f64> {
+    let mut loop_run = Running::spawn(
+        Command::new(fixture)
+            .arg(PAIRS.to_string())
+            .env("LD_LIBRARY_PATH", lib_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+        "mem_churn",
+        None,
+    )?;
+    let child = loop_run.child_mut()?;
+    let mut stdin = child.stdin.take().context("fixture stdin")?;
+    let mut lines = BufReader::new(child.stdout.take().context("fixture stdout")?).lines();
+    let ready = lines.next().context("fixture exited")??;
+    let pid: u32 = ready
+        .strip_prefix("ready pid=")
+        .and_then(|p| p.trim().parse().ok())
+        .with_context(|| format!("unexpected fixture output {ready:?}"))?;
+    let lib = lib_dir.join("libc.so.6");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    if !maps.contains(&lib.display().to_string()) {
+        bail!(
+            "the loop does not run on the private libc {}",
+            lib.display()
+        );
+    }
+    let tracer = start_tracer(mode, qprof, pid, &lib, scratch)?;
+    writeln!(stdin, "go").context("starting the loop")?;
+    let result = lines.next().context("fixture exited")??;
+    if let Some(mut tracer) = tracer {
+        tracer.signal(libc::SIGINT)?;
+        let _ = tracer.wait_cpu();
+    }
+    result
+        .strip_prefix("ns_per_pair=")
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("unexpected loop output {result:?}"))
+}
+
+fn start_tracer(
+    mode: Mode,
+    qprof: &Path,
+    pid: u32,
+    lib: &Path,
+    scratch: &Scratch,
+) -> anyhow::Result<Option<Running>> {
+    let log = scratch.path("tracer.log");
+    if mode == Mode::Qprof {
+        let mut cmd = Command::new(qprof);
+        cmd.args(["record", "memory", "--duration", "10m", "--pid"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(scratch.path("memory.pb.gz"));
+        let tracer = Running::spawn(&mut cmd, "qprof", Some(&log))?;
+        wait_for_text(&log, "qprof: recording")?;
+        return Ok(Some(tracer));
+    }
+    let Some(script) = mode.bpftrace_script(lib) else {
+        return Ok(None);
+    };
+    let out_path = scratch.path("bpftrace.out");
+    let out = std::fs::File::create(&out_path).context("bpftrace output")?;
+    let mut cmd = Command::new("bpftrace");
+    cmd.args(["-e", &script]).stdout(out);
+    let tracer = Running::spawn(&mut cmd, "bpftrace", Some(&log))?;
+    wait_for_text(&out_path, "Attaching")?;
+    Ok(Some(tracer))
+}
+
+fn wait_for_text(path: &Path, needle: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
+            // bpftrace prints "Attaching" before it attaches: give it time.
+            std::thread::sleep(Duration::from_millis(500));
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("tracer never printed {needle:?} into {}", path.display())
+}
