@@ -12,7 +12,7 @@ fn ratio(flat: &std::collections::HashMap<String, f64>) -> f64 {
 }
 
 /// `record offcpu --pid`: go tool pprof reads both sample indexes, blocked
-/// time splits 10:1 (±15%) between wait_long and wait_short, samples carry
+/// time splits 10:1 (±15%) between `wait_long` and `wait_short`, samples carry
 /// the `sleeping` state, and the SVG names both functions.
 #[test]
 fn blocked_time_follows_the_fixture() {

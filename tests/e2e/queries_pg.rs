@@ -1,4 +1,4 @@
-//! End-to-end libpq query tracing against a real PostgreSQL server started
+//! End-to-end `libpq` query tracing against a real PostgreSQL server started
 //! by the harness, checked against pgbench's own counts and latency log.
 
 use std::{collections::HashMap, path::Path, time::Duration};

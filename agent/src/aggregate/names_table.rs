@@ -1,4 +1,4 @@
-//! x86_64 syscall numbers and errno names.
+//! `x86_64` syscall numbers and errno names.
 //!
 //! Syscalls 0-450 come from the kernel UAPI header `asm/unistd_64.h`; the
 //! newer ones (through Linux 6.17: `uretprobe` 335, `uprobe` 336, 451-469)

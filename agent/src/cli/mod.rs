@@ -47,7 +47,7 @@ pub enum Record {
     /// Profile allocations of given processes by stack: bytes allocated and
     /// still in use, sampled by bytes in the kernel.
     Memory(RecordMemoryArgs),
-    /// Per-query latency for PostgreSQL (libpq) and SQLite clients, grouped
+    /// Per-query latency for PostgreSQL (`libpq`) and SQLite clients, grouped
     /// by normalized statement.
     Queries(RecordQueriesArgs),
     /// Count syscalls per process: calls, errors by errno, latency percentiles.

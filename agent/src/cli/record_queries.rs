@@ -61,17 +61,16 @@ impl Collector {
             QueryEvent::Done(done) => {
                 self.executions += 1;
                 let db = if done.db == qprof_common::queries::DB_SQLITE { Db::Sqlite } else { Db::Postgres };
-                let (normalized, raw) = match self.texts.get(&done.text_id) {
-                    Some((n, raw)) => (n.clone(), raw.clone()),
-                    None => {
-                        self.unknown_text += 1;
-                        let what: &[u8] = if done.text_id == 0 {
-                            b"<prepared before the capture started: text unknown>"
-                        } else {
-                            b"<text not captured>"
-                        };
-                        (normalize(what), None)
-                    }
+                let (normalized, raw) = if let Some((n, raw)) = self.texts.get(&done.text_id) {
+                    (n.clone(), raw.clone())
+                } else {
+                    self.unknown_text += 1;
+                    let what: &[u8] = if done.text_id == 0 {
+                        b"<prepared before the capture started: text unknown>"
+                    } else {
+                        b"<text not captured>"
+                    };
+                    (normalize(what), None)
                 };
                 if let Some(raw) = raw {
                     self.examples.entry(normalized.id).or_insert(raw);

@@ -48,6 +48,7 @@ impl NewPidWatcher {
 
     /// Final poll, then a fresh snapshot of every process still alive (to
     /// catch libraries loaded after the first one). Returns the mappings.
+    #[must_use]
     pub fn finish(mut self) -> ProcessMaps {
         self.poll();
         let pids: Vec<u32> = self.maps.pids().collect();

@@ -28,6 +28,9 @@ use crate::aggregate::stacks::{RawStack, StackCounts};
 
 const PROGRAM: &str = "offcpu_switch";
 
+/// A key with its (blocked ns, blocks).
+type KeyTotals = (OffcpuKey, (u64, u64));
+
 /// What to trace.
 #[derive(Debug, Clone)]
 pub struct OffcpuOptions {
@@ -107,7 +110,7 @@ impl OffcpuProfiler {
     }
 
     /// (key, (ns, 1)) for each traced thread still off the CPU now.
-    fn still_blocked(&self) -> Result<Vec<(OffcpuKey, (u64, u64))>, ProbeError> {
+    fn still_blocked(&self) -> Result<Vec<KeyTotals>, ProbeError> {
         let map = self.ebpf.map(MAP_START).ok_or(ProbeError::Missing { kind: "map", name: MAP_START })?;
         // An LRU hash reads like a hash from userspace.
         let starts: HashMap<_, u32, OffcpuStart> = HashMap::try_from(map).map_err(map_err(MAP_START))?;

@@ -1,6 +1,6 @@
 //! libpq tracing: one uprobe per query (on the `PQsend*` entry points, which
 //! `PQexec*`/`PQprepare` call too); completion, rows and errors come from
-//! the PostgreSQL wire protocol as the client receives it, read at the
+//! the `PostgreSQL` wire protocol as the client receives it, read at the
 //! `recvfrom` syscall tracepoint, which costs no trap.
 
 pub const MAP_THREAD_PENDING: &str = "PQ_THREAD_PENDING";
@@ -66,7 +66,7 @@ const _: () = assert!(core::mem::size_of::<FdKey>() == 8);
 #[derive(Clone, Copy, Debug)]
 pub struct PgFd {
     pub queue: [PendingQuery; FD_QUEUE_SLOTS],
-    /// Monotonic; slot = counter % FD_QUEUE_SLOTS.
+    /// Monotonic; slot = counter % `FD_QUEUE_SLOTS`.
     pub head: u32,
     pub tail: u32,
     /// Body bytes of the current message still to skip.

@@ -26,7 +26,7 @@ pub const PROBES: [(&str, &str); 4] = [
     ("pq_send_query_prepared", "PQsendQueryPrepared"),
 ];
 
-/// Where distributions install shared libraries (x86_64).
+/// Where distributions install shared libraries (`x86_64`).
 const SYSTEM_LIB_DIRS: [&str; 5] =
     ["/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"];
 
@@ -69,7 +69,7 @@ impl PgProbes {
                 let path = entry.path();
                 let Some(name) = path.to_str() else { continue };
                 if is_libpq(name) && path.is_file() {
-                    new += self.attach_file(ebpf, &path, &path)?;
+                    new += self.attach_or_warn(ebpf, &path, &path);
                 }
             }
         }
@@ -84,9 +84,21 @@ impl PgProbes {
         for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| is_libpq(p)) {
             // Through the process's root, so container files resolve.
             let full = PathBuf::from(format!("/proc/{pid}/root{path}"));
-            new += self.attach_file(ebpf, &full, Path::new(path))?;
+            new += self.attach_or_warn(ebpf, &full, Path::new(path));
         }
         Ok(new)
+    }
+
+    /// A library that cannot be probed (no `PQsend*` symbols, an unreadable
+    /// file) is reported once and skipped: the rest of the host still is.
+    fn attach_or_warn(&mut self, ebpf: &mut Ebpf, full: &Path, shown: &Path) -> usize {
+        match self.attach_file(ebpf, full, shown) {
+            Ok(n) => n,
+            Err(err) => {
+                eprintln!("qprof: cannot trace queries through {}: {err}", shown.display());
+                0
+            }
+        }
     }
 
     /// Attaches the probes to `full` unless its (dev, inode) already is.
