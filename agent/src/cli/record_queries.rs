@@ -116,8 +116,9 @@ pub fn run(args: &RecordQueriesArgs) -> anyhow::Result<()> {
 
 fn summarize(c: &Collector, tracer: &QueryTracer, drops: &[(&str, u64)], elapsed: std::time::Duration) {
     let files: Vec<String> = tracer.pg.files.iter().map(|p| p.display().to_string()).collect();
+    let sqlite = tracer.sqlite.files().len();
     eprintln!(
-        "qprof: {} executions of {} statements in {:.1}s; libpq: {}",
+        "qprof: {} executions of {} statements in {:.1}s; libpq: {}; SQLite: {sqlite} file(s)",
         c.executions,
         c.table.len(),
         elapsed.as_secs_f64(),

@@ -23,7 +23,7 @@ use self::{
     events::{QueryEvent, decode},
     libpq::PgProbes,
 };
-use super::{ProbeError, load_object, tracefs::TracepointFormat};
+use super::{ProbeError, load_object, query_sqlite::SqliteProbes, tracefs::TracepointFormat};
 
 /// Syscall tracepoints that complete libpq queries: (program, event).
 const PQ_TRACEPOINTS: [(&str, &str); 3] = [
@@ -57,6 +57,7 @@ pub struct QueryOptions {
 pub struct QueryTracer {
     events: RingBuf<MapData>,
     pub pg: PgProbes,
+    pub sqlite: SqliteProbes,
     options: QueryOptions,
     scanned: HashSet<u32>,
     last_full_scan: Instant,
@@ -86,9 +87,11 @@ impl QueryTracer {
         }
         let map = ebpf.take_map(MAP_EVENTS).ok_or(ProbeError::Missing { kind: "map", name: MAP_EVENTS })?;
         let events = RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: MAP_EVENTS, source })?;
+        let sqlite = SqliteProbes::attach(ebpf, &options.pids)?;
         let mut tracer = Self {
             events,
             pg: PgProbes::default(),
+            sqlite,
             options: options.clone(),
             scanned: HashSet::new(),
             last_full_scan: Instant::now(),
@@ -114,10 +117,14 @@ impl QueryTracer {
             let new = self.scanned.insert(pid);
             if new || all {
                 self.pg.scan_pid(ebpf, pid)?;
+                self.sqlite.rescan(ebpf, pid)?;
                 if new {
                     fresh.push(pid);
                 }
             }
+        }
+        for warning in self.sqlite.take_warnings() {
+            eprintln!("qprof: {warning}");
         }
         Ok(fresh)
     }
