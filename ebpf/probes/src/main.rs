@@ -93,7 +93,7 @@ pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `malloc(size)`, also `valloc` and `pvalloc` (same arguments).
+/// `malloc(size)`.
 #[uprobe]
 pub fn mem_malloc(ctx: ProbeContext) -> u32 {
     let size: u64 = ctx.arg(0).unwrap_or(0);

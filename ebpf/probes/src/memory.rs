@@ -224,7 +224,8 @@ pub fn on_free(ctx: &ProbeContext, ptr: u64) {
     if let Some(slot) = MEM_PENDING.get_ptr_mut(pid_tgid as u32) {
         // SAFETY: this thread's entry, read only.
         let pending = unsafe { &*slot };
-        if nested_in(pending, stack_pointer(ctx), now_ns()) {
+        // The clock is read only when the thread is inside an allocator call.
+        if pending.start_ns != 0 && nested_in(pending, stack_pointer(ctx), now_ns()) {
             // realloc(p, 0) freeing p: the realloc's return retires it.
             add(Stat::Nested, 1);
             return;

@@ -1,13 +1,17 @@
 //! `cargo xtask bench memory`: what a malloc+free pair costs under the
 //! memory profiler.
 //!
-//! A malloc/free loop (`tests/fixtures/mem_churn.c`) measures ns per pair,
-//! in one run and interleaved round by round: untraced; under one empty
-//! uprobe (the trap cost); under qprof's trap set with empty programs
-//! (uprobe + uretprobe on malloc, uprobe on free: the floor any design
-//! with these probes pays); under `qprof record memory --pid`; and under
-//! bpftrace counting malloc and free by user stack (the peer). Target
-//! (issue 5): qprof <= bpftrace.
+//! A malloc/free loop (`tests/fixtures/mem_churn.c`) measures the CPU time
+//! of a pair (traps are charged to the loop's thread, and CPU time is not
+//! inflated by other work preempting it on a busy machine), in one run and
+//! interleaved round by round: untraced; under `qprof record memory
+//! --pid`; under bpftrace counting malloc and free by user stack (the
+//! peer); and under empty bpftrace probes that price the traps: a uprobe
+//! on `malloc` (first instruction `push`, which the kernel emulates: one
+//! trap), on `free` (`test`, single-stepped: two traps), and a uprobe plus
+//! uretprobe on `malloc`. qprof's floor is two emulated traps and a
+//! uretprobe per pair (it probes `free` past its `test`). Target (issue
+//! 5): qprof <= bpftrace.
 //!
 //! The loop runs on a private copy of libc (`LD_LIBRARY_PATH`): uprobes
 //! are attached to a file, and bpftrace attaches host-wide, so on the
@@ -25,26 +29,28 @@ use anyhow::{Context as _, bail};
 use super::process::{Running, Scratch};
 use crate::util::{self, run_cmd};
 
-/// Pairs per measurement: ~4 s traced on this machine (a trap is ~10 µs).
+/// Pairs per measurement: ~0.5-1 s traced on this machine.
 const PAIRS: u64 = 200_000;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Untraced,
-    OneTrap,
-    TrapFloor,
+    MallocUprobe,
+    FreeUprobe,
+    MallocUprobeRet,
     Qprof,
     Bpftrace,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [
+    const ALL: [Mode; 6] = [
         Mode::Untraced,
-        Mode::OneTrap,
-        Mode::TrapFloor,
         Mode::Qprof,
         Mode::Bpftrace,
+        Mode::MallocUprobe,
+        Mode::FreeUprobe,
+        Mode::MallocUprobeRet,
     ];
 
     /// The bpftrace program of this mode, for a libc at `lib`.
@@ -53,11 +59,13 @@ impl Mode {
         match self {
             Mode::Untraced | Mode::Qprof => None,
             // `pid == 0` never holds: the programs run but do nothing.
-            Mode::OneTrap => Some(format!("uprobe:{lib}:free /pid == 0/ {{ @n = count(); }}")),
-            Mode::TrapFloor => Some(format!(
+            Mode::MallocUprobe => Some(format!(
+                "uprobe:{lib}:malloc /pid == 0/ {{ @a = count(); }}"
+            )),
+            Mode::FreeUprobe => Some(format!("uprobe:{lib}:free /pid == 0/ {{ @a = count(); }}")),
+            Mode::MallocUprobeRet => Some(format!(
                 "uprobe:{lib}:malloc /pid == 0/ {{ @a = count(); }} \
-                 uretprobe:{lib}:malloc /pid == 0/ {{ @b = count(); }} \
-                 uprobe:{lib}:free /pid == 0/ {{ @c = count(); }}"
+                 uretprobe:{lib}:malloc /pid == 0/ {{ @b = count(); }}"
             )),
             Mode::Bpftrace => Some(format!(
                 "uprobe:{lib}:malloc {{ @[ustack] = count(); }} \
@@ -114,14 +122,16 @@ pub fn run() -> anyhow::Result<ExitCode> {
 fn report(median: &dyn Fn(Mode) -> f64) {
     let base = median(Mode::Untraced);
     let added = |m: Mode| median(m) - base;
-    let (trap, floor, q, b) = (
-        added(Mode::OneTrap),
-        added(Mode::TrapFloor),
-        added(Mode::Qprof),
-        added(Mode::Bpftrace),
+    let (q, b) = (added(Mode::Qprof), added(Mode::Bpftrace));
+    let (trap, stepped, with_ret) = (
+        added(Mode::MallocUprobe),
+        added(Mode::FreeUprobe),
+        added(Mode::MallocUprobeRet),
     );
+    let floor = with_ret + trap;
     println!(
-        "malloc+free loop, {PAIRS} pairs of 16..1039 bytes on a private libc, median of {ROUNDS} interleaved rounds:"
+        "malloc+free loop, {PAIRS} pairs of 16..1039 bytes on a private libc, CPU time of the loop, \
+         median of {ROUNDS} interleaved rounds:"
     );
     println!("| condition | ns/pair | added ns/pair |");
     println!("| --- | --- | --- |");
@@ -129,11 +139,6 @@ fn report(median: &dyn Fn(Mode) -> f64) {
     let row = |name: &str, m: Mode| {
         println!("| {name} | {:.0} | {:.0} |", median(m), added(m));
     };
-    row("one empty uprobe (on free): the trap cost", Mode::OneTrap);
-    row(
-        "qprof's trap set, empty programs (uprobe+uretprobe malloc, uprobe free)",
-        Mode::TrapFloor,
-    );
     row(
         "qprof record memory --pid (--sample-bytes 512K)",
         Mode::Qprof,
@@ -142,10 +147,20 @@ fn report(median: &dyn Fn(Mode) -> f64) {
         "bpftrace: count by ustack on malloc and free",
         Mode::Bpftrace,
     );
+    row(
+        "empty uprobe on malloc (push: emulated, 1 trap)",
+        Mode::MallocUprobe,
+    );
+    row(
+        "empty uprobe on free (test: single-stepped, 2 traps)",
+        Mode::FreeUprobe,
+    );
+    row("empty uprobe + uretprobe on malloc", Mode::MallocUprobeRet);
     println!(
-        "trap floor per allocation: 2 uprobe traps + 1 uretprobe per malloc+free pair = {floor:.0} ns measured \
-         (one trap {trap:.0} ns; the uretprobe adds {:.0} ns)",
-        floor - 2.0 * trap
+        "trap floor per allocation (malloc+free pair): qprof 2 traps + 1 uretprobe = {floor:.0} ns \
+         (trap {trap:.0} ns, uretprobe {:.0} ns); bpftrace's probes 3 traps = {:.0} ns",
+        with_ret - trap,
+        trap + stepped
     );
     println!(
         "qprof above its trap floor: {:.0} ns/pair; qprof added / bpftrace added = {:.2} (target <= 1: {})",
@@ -169,7 +184,8 @@ fn private_libc(scratch: &Scratch) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// One loop run under `mode`; returns ns per pair as the fixture measured it.
+/// One loop run under `mode`; returns CPU ns per pair as the fixture
+/// measured it.
 fn measure(
     mode: Mode,
     qprof: &Path,
@@ -205,13 +221,14 @@ fn measure(
     let tracer = start_tracer(mode, qprof, pid, &lib, scratch)?;
     writeln!(stdin, "go").context("starting the loop")?;
     let result = lines.next().context("fixture exited")??;
-    if let Some(mut tracer) = tracer {
-        tracer.signal(libc::SIGINT)?;
-        let _ = tracer.wait_cpu();
+    if let Some(tracer) = tracer {
+        stop(tracer)?;
     }
+    // "cpu_ns_per_pair=X wall_ns_per_pair=Y"
     result
-        .strip_prefix("ns_per_pair=")
-        .and_then(|v| v.trim().parse().ok())
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("cpu_ns_per_pair="))
+        .and_then(|v| v.parse().ok())
         .with_context(|| format!("unexpected loop output {result:?}"))
 }
 
@@ -243,6 +260,22 @@ fn start_tracer(
     let tracer = Running::spawn(&mut cmd, "bpftrace", Some(&log))?;
     wait_for_text(&out_path, "Attaching")?;
     Ok(Some(tracer))
+}
+
+/// Ctrl-C, repeated: bpftrace 0.17 now and then misses the first SIGINT
+/// and would wait forever. Past three tries the guard kills it.
+fn stop(mut tracer: Running) -> anyhow::Result<()> {
+    for _ in 0..3 {
+        tracer.signal(libc::SIGINT)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if tracer.child_mut()?.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
 }
 
 fn wait_for_text(path: &Path, needle: &str) -> anyhow::Result<()> {

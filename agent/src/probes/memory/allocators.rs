@@ -3,6 +3,9 @@
 //! `malloc` and friends, by file offset, so that the uprobes can be
 //! attached by absolute path (aya's name matching rejects `libc.so.6`) and
 //! only in that process.
+//!
+//! The obsolete `valloc` and `pvalloc` are not traced: every uprobe link
+//! costs ~75 ms to attach and to remove, and they are rarely called.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -32,12 +35,10 @@ pub enum AllocFn {
     PosixMemalign,
     AlignedAlloc,
     Memalign,
-    Valloc,
-    Pvalloc,
 }
 
 impl AllocFn {
-    pub const ALL: [AllocFn; 9] = [
+    pub const ALL: [AllocFn; 7] = [
         AllocFn::Malloc,
         AllocFn::Calloc,
         AllocFn::Realloc,
@@ -45,8 +46,6 @@ impl AllocFn {
         AllocFn::PosixMemalign,
         AllocFn::AlignedAlloc,
         AllocFn::Memalign,
-        AllocFn::Valloc,
-        AllocFn::Pvalloc,
     ];
 
     #[must_use]
@@ -59,8 +58,6 @@ impl AllocFn {
             AllocFn::PosixMemalign => "posix_memalign",
             AllocFn::AlignedAlloc => "aligned_alloc",
             AllocFn::Memalign => "memalign",
-            AllocFn::Valloc => "valloc",
-            AllocFn::Pvalloc => "pvalloc",
         }
     }
 
@@ -68,7 +65,7 @@ impl AllocFn {
     #[must_use]
     pub const fn entry_program(self) -> &'static str {
         match self {
-            AllocFn::Malloc | AllocFn::Valloc | AllocFn::Pvalloc => "mem_malloc",
+            AllocFn::Malloc => "mem_malloc",
             AllocFn::Calloc => "mem_calloc",
             AllocFn::Realloc => "mem_realloc",
             AllocFn::Free => "mem_free",
@@ -247,7 +244,7 @@ mod tests {
     #[test]
     fn programs_per_function() {
         assert!(!AllocFn::Free.allocates());
-        assert!(AllocFn::ALL.iter().filter(|f| f.allocates()).count() == 8);
-        assert_eq!(AllocFn::Valloc.entry_program(), "mem_malloc");
+        assert!(AllocFn::ALL.iter().filter(|f| f.allocates()).count() == 6);
+        assert_eq!(AllocFn::Memalign.entry_program(), "mem_memalign");
     }
 }

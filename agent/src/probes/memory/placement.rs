@@ -23,13 +23,14 @@ pub const CODE_BYTES: usize = 32;
 
 /// Whether the kernel emulates the instruction at the start of `code`.
 fn emulated(code: &[u8]) -> bool {
-    match code {
-        // push r64 (with REX.B for r8-r15), nop.
-        [0x50..=0x57 | 0x90, ..] | [0x41, 0x50..=0x57, ..] => true,
-        // jmp rel8/rel32, call rel32, jcc rel8, jcc rel32.
-        [0xeb | 0xe9 | 0xe8 | 0x70..=0x7f, ..] | [0x0f, 0x80..=0x8f, ..] => true,
-        _ => false,
-    }
+    // push r64 (REX.B for r8-r15), nop, jmp rel8/rel32, call rel32, jcc
+    // rel8, jcc rel32.
+    matches!(
+        code,
+        [0x50..=0x57 | 0x90 | 0xeb | 0xe9 | 0xe8 | 0x70..=0x7f, ..]
+            | [0x41, 0x50..=0x57, ..]
+            | [0x0f, 0x80..=0x8f, ..]
+    )
 }
 
 /// Length of the instruction at the start of `code` if it only sets flags
