@@ -78,8 +78,12 @@ fn pgbench_counts_and_latency_match() {
         let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
         let (q50, q99) = (row["p50_us"].as_f64().unwrap_or(0.0), row["p99_us"].as_f64().unwrap_or(0.0));
         eprintln!("{mode}: pgbench p50 {p50:.0}us p99 {p99:.0}us; qprof p50 {q50:.0}us p99 {q99:.0}us");
-        assert!((q50 - p50).abs() <= 0.10 * p50, "{mode}: p50 qprof {q50} vs pgbench {p50}");
-        assert!((q99 - p99).abs() <= 0.10 * p99, "{mode}: p99 qprof {q99} vs pgbench {p99}");
+        // 10%, plus 5 µs: pgbench's clock starts before the uprobe trap that
+        // starts qprof's (and stops after libpq has parsed the result), a
+        // constant few µs that is more than 10% of a 50 µs query on a busy
+        // machine.
+        assert!((q50 - p50).abs() <= 0.10 * p50 + 5.0, "{mode}: p50 qprof {q50} vs pgbench {p50}");
+        assert!((q99 - p99).abs() <= 0.10 * p99 + 5.0, "{mode}: p99 qprof {q99} vs pgbench {p99}");
     }
 }
 

@@ -11,10 +11,17 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{UProbe, uprobe::UProbeScope},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
+};
+use blazesym::{
+    SymType,
+    inspect::{Inspector, source::{Elf, Source}},
 };
 
-use crate::probes::ProbeError;
+use crate::probes::{ProbeError, memory::placement};
 
 /// (program, libpq function). The `PQexec*`/`PQprepare` entry points call
 /// these, so four probes cover synchronous and asynchronous use with one
@@ -108,14 +115,56 @@ impl PgProbes {
             return Ok(0);
         }
         self.load(ebpf)?;
-        for (program, function) in PROBES {
+        let offsets = symbol_offsets(full);
+        for ((program, function), offset) in PROBES.into_iter().zip(offsets) {
+            // The probe goes on an instruction the kernel emulates (one trap
+            // per hit) rather than one it must single-step (two).
+            let location = match offset {
+                Some(at) => UProbeAttachLocation::AbsoluteOffset(at + probe_skip(full, at)),
+                None => UProbeAttachLocation::Symbol(function),
+            };
             uprobe(ebpf, program)?
-                .attach(function, full, UProbeScope::AllProcesses)
+                .attach(location, full, UProbeScope::AllProcesses)
                 .map_err(|source| ProbeError::Program { name: program, source })?;
         }
         self.files.push(shown.to_path_buf());
         Ok(1)
     }
+}
+
+/// File offsets of the `PROBES` functions in `file` (None when not found:
+/// aya then resolves the name itself and reports what is missing).
+fn symbol_offsets(file: &Path) -> Vec<Option<u64>> {
+    let names: Vec<&str> = PROBES.iter().map(|(_, f)| *f).collect();
+    let mut elf = Elf::new(file);
+    elf.debug_syms = false;
+    match Inspector::new().lookup(&Source::Elf(elf), &names) {
+        Ok(found) => found
+            .iter()
+            .map(|syms| syms.iter().filter(|s| s.sym_type == SymType::Function).find_map(|s| s.file_offset))
+            .collect(),
+        Err(_) => vec![None; PROBES.len()],
+    }
+}
+
+/// Bytes to skip at `offset` to land on an emulated instruction. On top of
+/// the allocator probes' rules, a leading `mov $imm32, %edx` is skipped:
+/// it only sets the third argument, which none of these probes reads
+/// (`PQsendQuery` is `mov $1, %edx; jmp PQsendQueryInternal` in libpq 15).
+fn probe_skip(file: &Path, offset: u64) -> u64 {
+    let Some(code) = placement::read_code(file, offset) else { return 0 };
+    if let [0xba, _, _, _, _, rest @ ..] = code.as_slice()
+        && is_jump(rest)
+    {
+        return 5;
+    }
+    placement::probe_offset(&code)
+}
+
+/// `jmp rel32`/`jmp rel8`: emulated, and a tail call leaves the argument
+/// registers as the caller set them.
+fn is_jump(code: &[u8]) -> bool {
+    matches!(code.first(), Some(0xe9 | 0xeb))
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
@@ -128,6 +177,21 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `PQsendQuery`'s `mov $1,%edx; jmp` is probed on the jump.
+    #[test]
+    fn skips_the_argument_move_before_a_tail_call() {
+        let dir = std::env::temp_dir().join(format!("qprof-pq-skip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("code");
+        std::fs::write(&file, [0xba, 1, 0, 0, 0, 0xe9, 0xa6, 0xeb, 0xff, 0xff]).expect("write");
+        assert_eq!(probe_skip(&file, 0), 5);
+        std::fs::write(&file, [0x55, 0x48, 0x89, 0xe5]).expect("write");
+        assert_eq!(probe_skip(&file, 0), 0);
+        std::fs::write(&file, [0xba, 1, 0, 0, 0, 0x48, 0x89, 0xe5]).expect("write");
+        assert_eq!(probe_skip(&file, 0), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// Versioned sonames count; other libraries do not.
     #[test]
