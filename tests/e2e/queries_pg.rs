@@ -154,7 +154,8 @@ fn bad_queries_inputs() {
 }
 
 /// `record cpu --by-query`: CPU burnt by a client inside one query shows
-/// under that query's fingerprint, and `flamegraph --query` draws it alone.
+/// under that query's fingerprint, and `flamegraph --query` draws it alone;
+/// `record offcpu --by-query` puts the time waited for a query under it.
 #[test]
 fn cpu_by_query_flamegraph() {
     require_root();
@@ -167,11 +168,15 @@ fn cpu_by_query_flamegraph() {
     let (cpu, queries) = (dir.join("cpu.pb.gz"), dir.join("q.json"));
     let mut rec_q = QprofRun::start(&["record", "queries", "--pid", &pid, "--duration", "5m", "--json", queries.to_str().unwrap_or_default()]);
     let mut rec_cpu = QprofRun::start(&["record", "cpu", "--by-query", "--pid", &pid, "--hz", "199", "--duration", "5m", "-o", cpu.to_str().unwrap_or_default()]);
+    let offcpu = dir.join("off.pb.gz");
+    let mut rec_off = QprofRun::start(&["record", "offcpu", "--by-query", "--pid", &pid, "--duration", "5m", "-o", offcpu.to_str().unwrap_or_default()]);
     client.run_to_done();
     rec_cpu.interrupt();
     rec_q.interrupt();
-    let (fin_cpu, fin_q) = (rec_cpu.wait(), rec_q.wait());
+    rec_off.interrupt();
+    let (fin_cpu, fin_q, fin_off) = (rec_cpu.wait(), rec_q.wait(), rec_off.wait());
     assert!(fin_cpu.status.success() && fin_q.status.success(), "{}\n{}", fin_cpu.stderr, fin_q.stderr);
+    assert!(fin_off.status.success(), "{}", fin_off.stderr);
     let rows = pg_rows(&queries);
     let id = rows["SELECT ? AS burn_query"]["fingerprint_id"].as_str().unwrap_or_default().to_owned();
     assert_eq!(id.len(), 16, "{rows:?}");
@@ -181,6 +186,16 @@ fn cpu_by_query_flamegraph() {
     let text = std::fs::read_to_string(&svg).unwrap_or_default();
     assert!(text.contains("burn_inside_query"), "the query's flamegraph lacks the burning function");
     assert!(!text.contains("burn_outside_query"), "CPU outside the query leaked into its flamegraph");
+    // Off-CPU: the ~20 x 50 ms the client waited inside wait_query.
+    let wait_id = rows["SELECT pg_sleep(?) AS wait_query"]["fingerprint_id"].as_str().unwrap_or_default().to_owned();
+    let off = profiles::pprof::decode(&std::fs::read(&offcpu).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+    let in_query: i64 = off
+        .samples
+        .iter()
+        .filter(|s| s.labels.iter().any(|l| l.key == "query" && l.value == profiles::LabelValue::Str(wait_id.clone())))
+        .map(|s| s.values[1])
+        .sum();
+    assert!(in_query >= 800_000_000, "blocked time inside wait_query: {in_query} ns");
     let bad = run_qprof(&["flamegraph", cpu.to_str().unwrap_or_default(), "--query", "00000000000000ff"]);
     assert_fails_with(&bad, "no samples in");
     assert_fails_with(&run_qprof(&["flamegraph", cpu.to_str().unwrap_or_default(), "--query", "xyz"]), "invalid --query 'xyz'");

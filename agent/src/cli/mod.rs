@@ -78,6 +78,10 @@ pub struct RecordOffcpuArgs {
     /// Also write folded stacks (blocked nanoseconds) here.
     #[arg(long)]
     pub folded: Option<PathBuf>,
+    /// Trace libpq/SQLite queries too and label blocks inside one with its
+    /// fingerprint id (`query` label; see `flamegraph --query`).
+    #[arg(long)]
+    pub by_query: bool,
 }
 
 #[derive(Debug, Args)]

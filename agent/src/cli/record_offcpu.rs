@@ -15,7 +15,11 @@ pub fn run(args: &RecordOffcpuArgs) -> anyhow::Result<()> {
     let outputs = Outputs { pprof: args.output.clone(), svg: args.svg.clone(), folded: args.folded.clone() };
     outputs.check()?;
     checks::privileges_and_kernel()?;
-    let options = OffcpuOptions { pids: args.pids.clone(), min_block_ns: args.min_block.as_nanos() as u64 };
+    let options = OffcpuOptions {
+        pids: args.pids.clone(),
+        min_block_ns: args.min_block.as_nanos() as u64,
+        by_query: args.by_query,
+    };
     let started_at = SystemTime::now();
     let mut profiler = OffcpuProfiler::start(&options).context("starting the off-CPU profiler")?;
     let mut polls = 0;

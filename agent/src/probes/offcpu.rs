@@ -17,6 +17,7 @@ use qprof_common::{
 use super::{
     ProbeError,
     cpu::comm_string,
+    cpu_queries::QueryLabels,
     drop_counters,
     discovery::NewPidWatcher,
     load_object,
@@ -36,6 +37,8 @@ type KeyTotals = (OffcpuKey, (u64, u64));
 pub struct OffcpuOptions {
     pub pids: Vec<u32>,
     pub min_block_ns: u64,
+    /// Label blocks inside traced queries with the query's fingerprint.
+    pub by_query: bool,
 }
 
 /// A running off-CPU capture; dropping it detaches the program.
@@ -44,6 +47,7 @@ pub struct OffcpuProfiler {
     link: Option<TracePointLinkId>,
     watcher: NewPidWatcher,
     min_block_ns: u64,
+    queries: Option<QueryLabels>,
 }
 
 /// What a capture produced.
@@ -60,6 +64,8 @@ pub enum OffcpuError {
     Probe(#[from] ProbeError),
     #[error(transparent)]
     Format(#[from] super::tracefs::FormatError),
+    #[error(transparent)]
+    Queries(#[from] super::queries::QueryError),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
@@ -85,7 +91,7 @@ impl OffcpuProfiler {
             filter_pids: u32::from(!options.pids.is_empty()),
             off_prev_state: format.field("prev_state")?.offset,
             off_next_pid: format.field("next_pid")?.offset,
-            pad: 0,
+            by_query: u32::from(options.by_query),
         };
         let mut ebpf = load_object()?;
         {
@@ -103,10 +109,11 @@ impl OffcpuProfiler {
             }
         }
         let watcher = NewPidWatcher::new(&mut ebpf, &options.pids)?;
+        let queries = if options.by_query { Some(QueryLabels::attach(&mut ebpf, &options.pids)?) } else { None };
         let prog = program(&mut ebpf)?;
         prog.load().map_err(prog_err)?;
         let link = prog.attach("sched", "sched_switch").map_err(prog_err)?;
-        Ok(Self { ebpf, link: Some(link), watcher, min_block_ns: options.min_block_ns })
+        Ok(Self { ebpf, link: Some(link), watcher, min_block_ns: options.min_block_ns, queries })
     }
 
     /// (key, (ns, 1)) for each traced thread still off the CPU now.
@@ -130,6 +137,9 @@ impl OffcpuProfiler {
 
     pub fn poll_new_processes(&mut self) {
         self.watcher.poll();
+        if let Some(q) = self.queries.as_mut() {
+            q.poll(&mut self.ebpf);
+        }
     }
 
     /// Detaches and reads the blocked time per stack. Threads still blocked
@@ -167,7 +177,7 @@ impl OffcpuProfiler {
                 user: source.frames(key.user_stack_id).unwrap_or_default(),
                 kernel: source.frames(key.kernel_stack_id).unwrap_or_default(),
                 values: vec![blocks as i64, ns as i64],
-                labels: vec![("state".to_owned(), state_name(key.state).to_owned())],
+                labels: self.labels(&key),
             });
         }
         let mut drops = drop_counters(&self.ebpf)?;
@@ -175,6 +185,19 @@ impl OffcpuProfiler {
             drops.push(("process_table_full", self.watcher.maps.dropped));
         }
         Ok(OffcpuCapture { stacks, maps: self.watcher.finish(), drops })
+    }
+}
+
+impl OffcpuProfiler {
+    /// `state`, and `query` for blocks inside a traced query.
+    fn labels(&self, key: &OffcpuKey) -> Vec<(String, String)> {
+        let mut labels = vec![("state".to_owned(), state_name(key.state).to_owned())];
+        if let (Some(q), id) = (&self.queries, key.query_id)
+            && id != 0
+        {
+            labels.push(("query".to_owned(), q.label(id)));
+        }
+        labels
     }
 }
 

@@ -26,8 +26,10 @@ pub struct OffcpuKey {
     pub state: u32,
     pub pad: u32,
     pub comm: [u8; 16],
+    /// Text id of the traced query the thread blocked in, 0 if none.
+    pub query_id: u64,
 }
-const _: () = assert!(core::mem::size_of::<OffcpuKey>() == 40);
+const _: () = assert!(core::mem::size_of::<OffcpuKey>() == 48);
 
 /// Value of `OFFCPU_COUNTS` (per CPU).
 #[repr(C)]
@@ -48,7 +50,7 @@ pub struct OffcpuStart {
     pub start_ns: u64,
     pub key: OffcpuKey,
 }
-const _: () = assert!(core::mem::size_of::<OffcpuStart>() == 48);
+const _: () = assert!(core::mem::size_of::<OffcpuStart>() == 56);
 
 /// The one entry of `OFFCPU_CONFIG`. Record offsets come from the
 /// tracepoint's format file (no CO-RE for Rust BPF).
@@ -61,7 +63,8 @@ pub struct OffcpuConfig {
     pub filter_pids: u32,
     pub off_prev_state: u32,
     pub off_next_pid: u32,
-    pub pad: u32,
+    /// Non-zero: record the query each blocked thread is in (`--by-query`).
+    pub by_query: u32,
 }
 const _: () = assert!(core::mem::size_of::<OffcpuConfig>() == 24);
 

@@ -73,6 +73,12 @@ fn switch_out(ctx: &TracePointContext, config: &OffcpuConfig, now: u64) {
         state: (state as u64 & STATE_MASK) as u32,
         pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        query_id: if config.by_query == 0 {
+            0
+        } else {
+            // SAFETY: the value is copied out at once.
+            unsafe { crate::query_events::QUERY_ACTIVE.get(tid) }.map_or(0, |q| q.text_id)
+        },
     };
     announce_new_pid(pid);
     if let Some(slot) = OFFCPU_START.get_ptr_mut(tid) {
