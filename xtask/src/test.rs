@@ -22,6 +22,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("postgresql", "pg_ctlcluster"), // a real server for the query tests (pgbench, psql)
     ("sqlite3", "sqlite3"),          // the sqlite3 CLI (links libsqlite3)
     ("libpq-dev", "pg_config"),      // builds the libpq client fixtures
+    ("python3", "python3"),          // its sqlite3 module links the system libsqlite3
+    // A header, not a program: an absolute path is checked as it is. The
+    // SQLite fixtures are built against libsqlite3 and its static archive.
+    ("libsqlite3-dev", "/usr/include/sqlite3.h"),
 ];
 
 pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {

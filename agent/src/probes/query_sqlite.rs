@@ -78,8 +78,6 @@ pub struct AttachedFile {
 /// What the SQLite probes did (sums over CPUs), see `SqliteStat`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SqliteStats {
-    pub entry_hits: u64,
-    pub return_hits: u64,
     pub executions: u64,
     pub execs: u64,
     pub prepared: u64,
@@ -113,7 +111,7 @@ impl SqliteProbes {
             for pid in live_pids() {
                 probes.rescan(ebpf, pid)?;
             }
-            probes.attach_system_library(ebpf)?;
+            probes.scan_system(ebpf)?;
         } else {
             for &pid in pids {
                 probes.rescan(ebpf, pid)?;
@@ -172,8 +170,6 @@ impl SqliteProbes {
             Ok(values.iter().sum())
         };
         Ok(SqliteStats {
-            entry_hits: get(SqliteStat::EntryHits)?,
-            return_hits: get(SqliteStat::ReturnHits)?,
             executions: get(SqliteStat::Executions)?,
             execs: get(SqliteStat::Execs)?,
             prepared: get(SqliteStat::Prepared)?,
@@ -184,7 +180,10 @@ impl SqliteProbes {
         })
     }
 
-    fn attach_system_library(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    /// Attaches to the libsqlite3 files in the usual library directories,
+    /// mapped or not (host-wide traces): the first process to load one
+    /// later is then traced from its first statement, with no rescan.
+    pub fn scan_system(&mut self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
         for dir in LIBRARY_DIRS {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 continue;

@@ -101,31 +101,28 @@ pub struct ThreadState {
 }
 const _: () = assert!(core::mem::size_of::<ThreadState>() == 88);
 
-/// Slots of the per-CPU `SQLITE_STATS` array (what the probes did, for
-/// benchmarks and reports; losses go to `DROP_COUNTERS`). Append only.
+/// Slots of the per-CPU `SQLITE_STATS` array: what the probes did, for
+/// reports (losses go to `DROP_COUNTERS`). Probe hits are not counted
+/// here, on the hot path: the kernel's own run counts
+/// (`kernel.bpf_stats_enabled`) give them to benchmarks. Append only.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SqliteStat {
-    /// Entry uprobes hit in wanted processes (each one is a trap).
-    EntryHits = 0,
-    /// Uretprobes hit in wanted processes (cheap with the `uretprobe`
-    /// syscall, but still counted).
-    ReturnHits = 1,
     /// Completions sent for executions of prepared statements.
-    Executions = 2,
+    Executions = 0,
     /// Completions sent for `sqlite3_exec` calls.
-    Execs = 3,
+    Execs = 1,
     /// Statements remembered (at prepare, or recovered at a step).
-    Prepared = 4,
+    Prepared = 2,
     /// `sqlite3_prepare*` calls that failed (sent as an error completion).
-    PrepareErrors = 5,
+    PrepareErrors = 3,
     /// Statements forgotten at `sqlite3_finalize`.
-    Finalized = 6,
+    Finalized = 4,
     /// Calls made from inside another traced call (skipped).
-    Nested = 7,
+    Nested = 5,
     /// Statements whose text was read from the `Vdbe` at their first step
     /// (prepared before qprof attached, or evicted).
-    Recovered = 8,
+    Recovered = 6,
 }
 
 pub const STAT_SLOTS: u32 = 16;

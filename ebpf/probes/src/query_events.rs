@@ -24,8 +24,11 @@ static QUERY_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map(name = "QUERY_TEXTS_SEEN")]
 static QUERY_TEXTS_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(TEXTS_SEEN_CAPACITY, 0);
 
+/// LRU, and written in place: a thread keeps its entry (text id 0 when it
+/// is outside any query), which costs a lookup per query instead of an
+/// insert and a delete; threads that are gone age out.
 #[map(name = "QUERY_ACTIVE")]
-pub static QUERY_ACTIVE: HashMap<u32, ActiveQuery> = HashMap::with_max_entries(ACTIVE_CAPACITY, 0);
+pub static QUERY_ACTIVE: LruHashMap<u32, ActiveQuery> = LruHashMap::with_max_entries(ACTIVE_CAPACITY, 0);
 
 #[map(name = "QUERY_CONFIG")]
 static QUERY_CONFIG: Array<QueryConfig> = Array::with_max_entries(1, 0);
@@ -136,10 +139,18 @@ pub fn emit_done(db: u32, text_id: u64, pid_tgid: u64, latency_ns: u64, rows: u6
 /// Marks `tid` as inside query `text_id` (read by CPU and off-CPU samples).
 #[inline(always)]
 pub fn set_active(tid: u32, text_id: u64, db: u32) {
-    let _ = QUERY_ACTIVE.insert(tid, ActiveQuery { text_id, db, pad: 0 }, 0);
+    if let Some(slot) = QUERY_ACTIVE.get_ptr_mut(tid) {
+        // SAFETY: this thread's entry; only this thread's probes write it.
+        unsafe { *slot = ActiveQuery { text_id, db, pad: 0 } };
+    } else {
+        let _ = QUERY_ACTIVE.insert(tid, ActiveQuery { text_id, db, pad: 0 }, 0);
+    }
 }
 
 #[inline(always)]
 pub fn clear_active(tid: u32) {
-    let _ = QUERY_ACTIVE.remove(tid);
+    if let Some(slot) = QUERY_ACTIVE.get_ptr_mut(tid) {
+        // SAFETY: as above.
+        unsafe { (*slot).text_id = 0 };
+    }
 }

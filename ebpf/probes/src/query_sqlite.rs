@@ -28,24 +28,22 @@ use qprof_common::{
     counters::Counter,
     queries::{DB_SQLITE, TEXT_MAX},
     query_sqlite::{
-        CALL_EXEC, CALL_NONE, CALL_PREPARE, CALL_STEP, MAX_SQL_FIELD_OFFSET, SQLITE_DONE,
-        SQLITE_OK, SQLITE_ROW, STAT_SLOTS, STMTS_CAPACITY, SqliteStat, StmtKey, StmtState,
-        THREADS_CAPACITY, ThreadState,
+        CALL_EXEC, CALL_PREPARE, CALL_STEP, MAX_SQL_FIELD_OFFSET, SQLITE_DONE, SQLITE_OK,
+        SQLITE_ROW, STAT_SLOTS, STMTS_CAPACITY, SqliteStat, StmtKey, StmtState,
     },
 };
 
+mod nesting;
+
+use self::nesting::{enter, leave};
 use crate::{
     counters::bump,
-    query_events::{capture_text, clear_active, emit_done, set_active, wanted},
+    query_events::{QUERY_ACTIVE, capture_text, clear_active, emit_done, set_active, wanted},
 };
 
 #[map(name = "SQLITE_STMTS")]
 static SQLITE_STMTS: LruHashMap<StmtKey, StmtState> =
     LruHashMap::with_max_entries(STMTS_CAPACITY, 0);
-
-#[map(name = "SQLITE_THREADS")]
-static SQLITE_THREADS: LruHashMap<u32, ThreadState> =
-    LruHashMap::with_max_entries(THREADS_CAPACITY, 0);
 
 #[map(name = "SQLITE_STATS")]
 static SQLITE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
@@ -61,7 +59,7 @@ fn now_ns() -> u64 {
 }
 
 #[inline(always)]
-fn stat(which: SqliteStat) {
+pub(crate) fn stat(which: SqliteStat) {
     if let Some(slot) = SQLITE_STATS.get_ptr_mut(which as u32) {
         // SAFETY: this CPU's slot; BPF programs do not preempt each other
         // on one CPU.
@@ -77,90 +75,6 @@ fn read_user_u64(addr: u64) -> Option<u64> {
     }
     // SAFETY: the checked helper; a bad address is an error, not a fault.
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
-}
-
-#[inline(always)]
-fn entry_sp(ctx: &ProbeContext) -> u64 {
-    // SAFETY: `regs` is the program's context (the trapped task's pt_regs).
-    unsafe { (*ctx.regs).rsp }
-}
-
-#[inline(always)]
-fn return_sp(ctx: &RetProbeContext) -> u64 {
-    // SAFETY: as above, at the return trampoline.
-    unsafe { (*ctx.regs).rsp }
-}
-
-/// This thread's state, created on first use.
-#[inline(always)]
-fn thread_slot(tid: u32) -> Option<*mut ThreadState> {
-    if let Some(slot) = SQLITE_THREADS.get_ptr_mut(&tid) {
-        return Some(slot);
-    }
-    if SQLITE_THREADS
-        .insert(&tid, &ThreadState::default(), 0)
-        .is_err()
-    {
-        bump(Counter::SqliteThreadMapFull);
-        return None;
-    }
-    SQLITE_THREADS.get_ptr_mut(&tid)
-}
-
-/// Entry of a traced call with a return probe. Returns the thread's state,
-/// reset for this call, when it is the outermost one; `None` when it is
-/// nested in another (or there is no room to follow it).
-#[inline(always)]
-fn enter(ctx: &ProbeContext, tid: u32, kind: u32) -> Option<&'static mut ThreadState> {
-    let sp = entry_sp(ctx);
-    let slot = thread_slot(tid)?;
-    // SAFETY: this thread's entry; only this thread writes it and a thread
-    // runs one program at a time.
-    let t = unsafe { &mut *slot };
-    // A deeper stack than the outer call's entry means "called from inside
-    // it"; a shallower or equal one means the outer call is over (its
-    // return was missed) and this call is the new outer one.
-    if t.depth > 0 && sp < t.outer_sp {
-        t.depth = t.depth.saturating_add(1);
-        stat(SqliteStat::Nested);
-        return None;
-    }
-    *t = ThreadState {
-        outer_sp: sp,
-        kind,
-        depth: 1,
-        ..ThreadState::default()
-    };
-    Some(t)
-}
-
-/// Return of a traced call: the outer call's state (copied, the thread is
-/// then idle) if this is its return, `None` for nested calls. `row` marks
-/// a nested `SQLITE_ROW` step, counted as a row of an enclosing exec when
-/// that exec called the step itself.
-#[inline(always)]
-fn leave(ctx: &RetProbeContext, tid: u32, kind: u32, row: bool) -> Option<ThreadState> {
-    let slot = SQLITE_THREADS.get_ptr_mut(&tid)?;
-    // SAFETY: as in `enter`.
-    let t = unsafe { &mut *slot };
-    if t.depth == 0 {
-        return None;
-    }
-    // After `ret` the stack pointer is the entry's plus the return address.
-    if return_sp(ctx) == t.outer_sp.wrapping_add(8) && t.kind == kind {
-        let copy = *t;
-        t.depth = 0;
-        t.outer_sp = 0;
-        t.kind = CALL_NONE;
-        return Some(copy);
-    }
-    if row && t.kind == CALL_EXEC && t.depth == 2 {
-        t.rows += 1;
-    }
-    if t.depth > 1 {
-        t.depth -= 1;
-    }
-    None
 }
 
 /// How many bytes `capture_text` may read for a statement of `len` bytes
@@ -191,7 +105,6 @@ pub fn on_prepare(ctx: &ProbeContext, sql: u64, n_byte: i64, pp_stmt: u64, pz_ta
     if !wanted((pid_tgid >> 32) as u32) {
         return;
     }
-    stat(SqliteStat::EntryHits);
     if let Some(t) = enter(ctx, pid_tgid as u32, CALL_PREPARE) {
         t.sql = sql;
         t.n_byte = n_byte;
@@ -209,7 +122,6 @@ pub fn on_prepare_return(ctx: &RetProbeContext) {
     if !wanted((pid_tgid >> 32) as u32) {
         return;
     }
-    stat(SqliteStat::ReturnHits);
     let Some(t) = leave(ctx, pid_tgid as u32, CALL_PREPARE, false) else {
         return;
     };
@@ -224,8 +136,10 @@ pub fn on_prepare_return(ctx: &RetProbeContext) {
         bump(Counter::SqliteReadError);
         return;
     };
-    if ok && stmt == 0 {
-        return; // Only whitespace or comments: no statement, nothing runs.
+    if (ok && stmt == 0) || t.sql == 0 {
+        // Only whitespace or comments: no statement, nothing runs; or a
+        // NULL text (SQLITE_MISUSE), which names no statement.
+        return;
     }
     let tail = read_user_u64(t.pz_tail).unwrap_or(0);
     let limit = text_limit(t.sql, t.n_byte, tail);
@@ -255,7 +169,7 @@ fn remember(pid_tgid: u64, stmt: u64, text_id: u64) {
         text_id,
         ..StmtState::default()
     };
-    if SQLITE_STMTS.insert(&key, &state, 0).is_err() {
+    if SQLITE_STMTS.insert(key, state, 0).is_err() {
         bump(Counter::SqliteStmtMapFull);
     } else {
         stat(SqliteStat::Prepared);
@@ -269,7 +183,6 @@ pub fn on_step(ctx: &ProbeContext, stmt: u64) {
     if !wanted((pid_tgid >> 32) as u32) {
         return;
     }
-    stat(SqliteStat::EntryHits);
     let tid = pid_tgid as u32;
     let Some(t) = enter(ctx, tid, CALL_STEP) else {
         return;
@@ -279,9 +192,12 @@ pub fn on_step(ctx: &ProbeContext, stmt: u64) {
         pad: 0,
         stmt,
     };
-    let mut slot = SQLITE_STMTS.get_ptr_mut(&key);
-    if slot.is_none() && stmt != 0 && recover(ctx, pid_tgid, stmt) {
-        slot = SQLITE_STMTS.get_ptr_mut(&key);
+    if stmt == 0 {
+        return; // SQLITE_MISUSE: nothing runs.
+    }
+    let mut slot = SQLITE_STMTS.get_ptr_mut(key);
+    if slot.is_none() && recover(ctx, pid_tgid, stmt) {
+        slot = SQLITE_STMTS.get_ptr_mut(key);
     }
     let Some(slot) = slot else {
         bump(Counter::SqliteStmtUnknown);
@@ -295,8 +211,20 @@ pub fn on_step(ctx: &ProbeContext, stmt: u64) {
         s.running = 1;
         s.start_ns = now_ns();
         s.rows = 0;
+        set_active(tid, s.text_id, DB_SQLITE);
+    } else if !active_is(tid, s.text_id) {
+        // Another statement ran on this thread between two steps of this
+        // one (and cleared the mark when it ended).
+        set_active(tid, s.text_id, DB_SQLITE);
     }
-    set_active(tid, s.text_id, DB_SQLITE);
+}
+
+/// Whether `tid` is marked as running `text_id`: a lookup (~50 ns) saves
+/// the map update (~200 ns here) on every row of a running execution.
+#[inline(always)]
+fn active_is(tid: u32, text_id: u64) -> bool {
+    // SAFETY: the value is copied out at once.
+    unsafe { QUERY_ACTIVE.get(tid) }.is_some_and(|q| q.text_id == text_id)
 }
 
 /// A statement stepped but never seen prepared (prepared before qprof
@@ -331,7 +259,6 @@ pub fn on_step_return(ctx: &RetProbeContext) {
     if !wanted((pid_tgid >> 32) as u32) {
         return;
     }
-    stat(SqliteStat::ReturnHits);
     let rc = ctx.ret::<u64>() as u32 as i32;
     let Some(t) = leave(ctx, pid_tgid as u32, CALL_STEP, rc == SQLITE_ROW) else {
         return;
@@ -344,7 +271,7 @@ pub fn on_step_return(ctx: &RetProbeContext) {
         pad: 0,
         stmt: t.stmt,
     };
-    let Some(slot) = SQLITE_STMTS.get_ptr_mut(&key) else {
+    let Some(slot) = SQLITE_STMTS.get_ptr_mut(key) else {
         bump(Counter::SqliteStmtUnknown); // Evicted while running.
         return;
     };
@@ -384,9 +311,8 @@ pub fn on_reset(stmt: u64, finalize: bool) {
     if !wanted(tgid) {
         return;
     }
-    stat(SqliteStat::EntryHits);
     let key = StmtKey { tgid, pad: 0, stmt };
-    let Some(slot) = SQLITE_STMTS.get_ptr_mut(&key) else {
+    let Some(slot) = SQLITE_STMTS.get_ptr_mut(key) else {
         return;
     };
     // SAFETY: as in `on_step`.
@@ -394,7 +320,7 @@ pub fn on_reset(stmt: u64, finalize: bool) {
     if s.running != 0 {
         finish(s, pid_tgid, false);
     }
-    if finalize && SQLITE_STMTS.remove(&key).is_ok() {
+    if finalize && SQLITE_STMTS.remove(key).is_ok() {
         stat(SqliteStat::Finalized);
     }
 }
@@ -407,7 +333,6 @@ pub fn on_exec(ctx: &ProbeContext, sql: u64) {
     if !wanted((pid_tgid >> 32) as u32) {
         return;
     }
-    stat(SqliteStat::EntryHits);
     let tid = pid_tgid as u32;
     let Some(t) = enter(ctx, tid, CALL_EXEC) else {
         return;
@@ -418,7 +343,9 @@ pub fn on_exec(ctx: &ProbeContext, sql: u64) {
             t.has_text = 1;
             set_active(tid, text_id, DB_SQLITE);
         }
-        None => bump(Counter::SqliteReadError),
+        // A NULL text runs nothing (and returns SQLITE_OK): not a loss.
+        None if sql != 0 => bump(Counter::SqliteReadError),
+        None => {}
     }
     t.start_ns = now_ns();
 }
@@ -430,7 +357,6 @@ pub fn on_exec_return(ctx: &RetProbeContext) {
     if !wanted((pid_tgid >> 32) as u32) {
         return;
     }
-    stat(SqliteStat::ReturnHits);
     let Some(t) = leave(ctx, pid_tgid as u32, CALL_EXEC, false) else {
         return;
     };

@@ -9,6 +9,7 @@ mod perf_post;
 mod postgres;
 mod process;
 mod queries;
+mod queries_sqlite;
 mod syscalls;
 mod tcp;
 
@@ -40,6 +41,8 @@ pub enum Which {
     Tcp,
     /// Query tracing: pgbench -S TPS and traps per query vs bpftrace.
     Queries,
+    /// SQLite query tracing: statements/s and traps per execution.
+    QueriesSqlite,
 }
 
 pub fn run(which: &Which) -> anyhow::Result<ExitCode> {
@@ -50,5 +53,6 @@ pub fn run(which: &Which) -> anyhow::Result<ExitCode> {
         Which::Memory => memory::run(),
         Which::Tcp => tcp::run(),
         Which::Queries => queries::run(),
+        Which::QueriesSqlite => queries_sqlite::run(),
     }
 }
