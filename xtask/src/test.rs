@@ -40,7 +40,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     let mut cmd = Command::new(util::cargo());
     cmd.current_dir(&root)
         // Default members only: the BPF crate cannot build for the host.
-        .arg("test")
+        .args(["test", "--no-fail-fast"])
         .args(args)
         .env("QPROF_BIN", &qprof);
     run_cmd(&mut cmd)?;
