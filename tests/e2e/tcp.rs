@@ -64,7 +64,7 @@ const SIZE: u64 = 200;
 
 /// Exact connect count for the client's pid, exact bytes both ways, RTT p50
 /// within ±50% (or ±100 µs) of `ss -ti` read during the transfer, a refused
-/// connect counted as failed in SYN_SENT, and the data of a client that
+/// connect counted as failed in `SYN_SENT`, and the data of a client that
 /// exits before the capture ends kept.
 #[test]
 fn loopback_connects_rtt_bytes_and_failures() {
@@ -77,12 +77,27 @@ fn loopback_connects_rtt_bytes_and_failures() {
     let args = [CONNS, ROUNDS, SIZE].map(|v| v.to_string());
     let mut client = Fixture::start(
         &fixture,
-        &["pingpong", "127.0.0.1", &port_s, &args[0], &args[1], &args[2], "3000", &closed_s],
+        &[
+            "pingpong",
+            "127.0.0.1",
+            &port_s,
+            &args[0],
+            &args[1],
+            &args[2],
+            "3000",
+            &closed_s,
+        ],
     );
     let json = dir.join("tcp.json");
     let pid = client.pid.to_string();
     let mut qprof = QprofRun::start(&[
-        "record", "tcp", "--pid", &pid, "--duration", "120s", "--json",
+        "record",
+        "tcp",
+        "--pid",
+        &pid,
+        "--duration",
+        "120s",
+        "--json",
         json.to_str().unwrap_or_default(),
     ]);
     let stop = Arc::new(AtomicBool::new(false));
@@ -98,7 +113,10 @@ fn loopback_connects_rtt_bytes_and_failures() {
     assert!(fin.status.success(), "qprof failed: {}", fin.stderr);
 
     let rows = rows(&json);
-    assert!(rows.iter().all(|r| r["pid"] == client_pid), "--pid leaked: {rows:#?}");
+    assert!(
+        rows.iter().all(|r| r["pid"] == client_pid),
+        "--pid leaked: {rows:#?}"
+    );
     let main = row(&rows, client_pid, &format!("127.0.0.1:{port}"));
     assert_eq!(num(main, "connects"), CONNS, "{main}");
     assert_eq!(num(main, "failed_connects"), 0, "{main}");
@@ -107,7 +125,10 @@ fn loopback_connects_rtt_bytes_and_failures() {
     assert_eq!(num(main, "bytes_sent"), CONNS * ROUNDS * SIZE, "{main}");
     assert_eq!(num(main, "bytes_received"), CONNS * ROUNDS * SIZE, "{main}");
     assert_eq!(num(main, "closes"), CONNS, "{main}");
-    assert!(main["connect_p50_us"].as_f64().is_some_and(|v| v > 0.0), "{main}");
+    assert!(
+        main["connect_p50_us"].as_f64().is_some_and(|v| v > 0.0),
+        "{main}"
+    );
     let rtt = num(main, "rtt_p50_us") as f64;
     let reference = median(ss);
     eprintln!("rtt p50: qprof {rtt} µs, ss {reference:.1} µs");
@@ -119,10 +140,13 @@ fn loopback_connects_rtt_bytes_and_failures() {
     assert_eq!(num(failed, "failed_connects"), 1, "{failed}");
     assert_eq!(failed["failed_states"]["SYN_SENT"], 1, "{failed}");
     assert_eq!(num(failed, "connects"), 0, "{failed}");
-    assert!(num(failed, "resets") >= 1, "the refusal is a reset received: {failed}");
+    assert!(
+        num(failed, "resets") >= 1,
+        "the refusal is a reset received: {failed}"
+    );
 }
 
-/// IPv6 connections on ::1 are seen: connects, bytes and RTT per remote,
+/// IPv6 connections on `::1` are seen: connects, bytes and RTT per remote,
 /// and host-wide the server's accepted side shows as an inbound row.
 #[test]
 fn ipv6_connects_are_seen() {
@@ -138,7 +162,12 @@ fn ipv6_connects_are_seen() {
     );
     let json = dir.join("tcp6.json");
     let mut qprof = QprofRun::start(&[
-        "record", "tcp", "--duration", "120s", "--json", json.to_str().unwrap_or_default(),
+        "record",
+        "tcp",
+        "--duration",
+        "120s",
+        "--json",
+        json.to_str().unwrap_or_default(),
     ]);
     client.run_to_done();
     qprof.interrupt();
@@ -149,6 +178,7 @@ fn ipv6_connects_are_seen() {
     assert_eq!(num(out, "connects"), 3, "{out}");
     assert_eq!(out["local"], "[::1]:*");
     assert_eq!(num(out, "bytes_sent"), 3 * 50 * 100, "{out}");
+    assert_eq!(num(out, "bytes_received"), 3 * 50 * 100, "{out}");
     assert!(num(out, "rtt_p50_us") > 0, "{out}");
     let inbound = row(&rows, server.pid, "[::1]:*");
     assert_eq!(inbound["local"], format!("[::1]:{port}"));
@@ -167,13 +197,24 @@ fn retransmits_match_the_kernel_counter() {
     let fixture_s = fixture.to_str().unwrap_or_default();
     let ns = net::NetNs::create("retrans");
     ns.run(&["nft", "add", "table", "inet", "t"]);
-    ns.run(&["nft", "add", "chain", "inet", "t", "inp", "{ type filter hook input priority 0; }"]);
+    ns.run(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "t",
+        "inp",
+        "{ type filter hook input priority 0; }",
+    ]);
     ns.run(&[
         "nft", "add", "rule", "inet", "t", "inp", "tcp", "dport", "5555", "numgen", "random",
         "mod", "10", "==", "0", "counter", "drop",
     ]);
     let ip = Path::new("ip");
-    let server = Fixture::start(ip, &ns.exec_args(fixture_s, &["server", "127.0.0.1", "5555"]));
+    let server = Fixture::start(
+        ip,
+        &ns.exec_args(fixture_s, &["server", "127.0.0.1", "5555"]),
+    );
     let mut client = Fixture::start(
         ip,
         &ns.exec_args(fixture_s, &["stream", "127.0.0.1", "5555", "16000000"]),
@@ -181,7 +222,15 @@ fn retransmits_match_the_kernel_counter() {
     let (spid, cpid) = (server.pid.to_string(), client.pid.to_string());
     let json = dir.join("retrans.json");
     let mut qprof = QprofRun::start(&[
-        "record", "tcp", "--pid", &spid, "--pid", &cpid, "--duration", "120s", "--json",
+        "record",
+        "tcp",
+        "--pid",
+        &spid,
+        "--pid",
+        &cpid,
+        "--duration",
+        "120s",
+        "--json",
         json.to_str().unwrap_or_default(),
     ]);
     let before = ns.tcp_counter("RetransSegs");
@@ -198,7 +247,10 @@ fn retransmits_match_the_kernel_counter() {
     eprintln!("retransmits: qprof {ours}, RetransSegs delta {kernel}; nft: {drops}");
     assert!(kernel >= 20, "too few drops to compare: {kernel}");
     let diff = ours.abs_diff(kernel) as f64;
-    assert!(diff <= 0.05 * kernel as f64, "qprof {ours} vs RetransSegs {kernel}");
+    assert!(
+        diff <= 0.05 * kernel as f64,
+        "qprof {ours} vs RetransSegs {kernel}"
+    );
 }
 
 /// A pid that does not exist is refused before anything is loaded.
@@ -219,8 +271,16 @@ fn bad_duration_is_refused() {
 #[test]
 fn json_into_missing_dir_is_refused_early() {
     let out = run_qprof(&[
-        "record", "tcp", "--duration", "1s", "--json", "/nonexistent-qprof-dir/tcp.json",
+        "record",
+        "tcp",
+        "--duration",
+        "1s",
+        "--json",
+        "/nonexistent-qprof-dir/tcp.json",
     ]);
     assert_fails_with(&out, "does not exist");
-    assert!(!qprof_e2e::stderr(&out).contains("recording"), "it started tracing");
+    assert!(
+        !qprof_e2e::stderr(&out).contains("recording"),
+        "it started tracing"
+    );
 }

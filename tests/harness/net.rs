@@ -24,7 +24,11 @@ impl NetNs {
         let name = format!("qprof-{tag}-{}", std::process::id());
         let _ = ip(&["netns", "del", &name]);
         let out = ip(&["netns", "add", &name]);
-        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ns = Self { name };
         ns.run(&["ip", "link", "set", "lo", "up"]);
         ns
@@ -35,7 +39,9 @@ impl NetNs {
         &self.name
     }
 
-    /// Runs a command inside the namespace; panics with its stderr if it fails.
+    /// Runs a command inside the namespace; panics with its stderr if it
+    /// fails; returns its stdout.
+    #[expect(clippy::must_use_candidate, reason = "often run for its effect only")]
     pub fn run(&self, args: &[&str]) -> String {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.name])

@@ -72,7 +72,7 @@ pub struct Peer {
 /// Which histogram a sample belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistKind {
-    /// SYN_SENT -> ESTABLISHED, nanoseconds.
+    /// `SYN_SENT` -> `ESTABLISHED`, nanoseconds.
     ConnectNs,
     /// Smoothed RTT at each segment received, microseconds.
     RttUs,
@@ -99,9 +99,10 @@ pub struct Counts {
 #[derive(Debug, Clone, Default)]
 pub struct PeerStats {
     pub counts: Counts,
-    /// Bytes sent; `None` until a connection of this row had a segment
-    /// traced.
+    /// Bytes sent and received; `None` while unknown (no connection of
+    /// this row measured, or the kernel's counters could not be located).
     pub bytes_sent: Option<u64>,
+    pub bytes_received: Option<u64>,
     /// Connections still open when the capture ended.
     pub open: u64,
     connect: Vec<u64>,
@@ -169,10 +170,9 @@ pub struct TcpRow {
     pub resets: u64,
     pub resets_sent: u64,
     pub resets_received: u64,
+    /// `null` when unknown: received bytes need the kernel's
+    /// `tcp_sock.bytes_received`, located through BTF.
     pub bytes_sent: Option<u64>,
-    /// Always `null` for now: the TCP tracepoints carry no receive sequence
-    /// number, and `tcp_probe`'s 16-bit `data_len` wraps on coalesced
-    /// segments, so no exact figure is available without BTF offsets.
     pub bytes_received: Option<u64>,
     pub closes: u64,
     pub open: u64,
@@ -198,10 +198,16 @@ impl TcpTable {
         s.lifetime_max_ns = s.lifetime_max_ns.max(c.lifetime_max_ns);
     }
 
-    /// Bytes sent by closed or live connections whose segments were traced.
-    pub fn add_bytes_sent(&mut self, peer: Peer, sent: u64) {
+    /// Bytes sent by a measured connection (closed or live).
+    pub fn add_bytes_sent(&mut self, peer: Peer, bytes: u64) {
         let s = self.peers.entry(peer).or_default();
-        s.bytes_sent = Some(s.bytes_sent.unwrap_or(0) + sent);
+        s.bytes_sent = Some(s.bytes_sent.unwrap_or(0) + bytes);
+    }
+
+    /// Bytes received by a measured connection (closed or live).
+    pub fn add_bytes_received(&mut self, peer: Peer, bytes: u64) {
+        let s = self.peers.entry(peer).or_default();
+        s.bytes_received = Some(s.bytes_received.unwrap_or(0) + bytes);
     }
 
     /// `count` samples in bucket `bucket` of histogram `kind`; out-of-range
@@ -270,7 +276,7 @@ fn row(peer: &Peer, s: &PeerStats) -> TcpRow {
         resets_sent: c.resets_sent,
         resets_received: c.resets_received,
         bytes_sent: s.bytes_sent,
-        bytes_received: None,
+        bytes_received: s.bytes_received,
         closes: c.closes,
         open: s.open,
         lifetime_p50_ms: (lifetime.count() > 0)
@@ -378,10 +384,10 @@ mod tests {
             assert!(r.get(f).is_some(), "missing {f}: {r}");
         }
         assert!(r["rtt_p50_us"].is_null() && r["connect_p99_us"].is_null());
-        assert_eq!(
-            (r["bytes_sent"].as_u64(), r["bytes_received"].as_u64()),
-            (Some(10), Some(20))
-        );
+        assert_eq!(r["bytes_sent"].as_u64(), Some(10));
+        assert!(r["bytes_received"].is_null(), "unknown bytes are null: {r}");
         assert_eq!(r["direction"], "outbound");
+        t.add_bytes_received(peer(1, 443), 7);
+        assert_eq!(t.rows()[0].bytes_received, Some(7));
     }
 }

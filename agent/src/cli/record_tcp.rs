@@ -127,6 +127,7 @@ fn render(rows: &[TcpRow]) -> String {
                 r.retransmits.to_string(),
                 r.resets.to_string(),
                 bytes(r.bytes_sent),
+                bytes(r.bytes_received),
                 r.open.to_string(),
             ]
         })
@@ -134,7 +135,7 @@ fn render(rows: &[TcpRow]) -> String {
     report::table(
         &[
             "PID", "COMM", "DIR", "LOCAL", "REMOTE", "CONN", "FAIL", "CONN_P50", "CONN_P99",
-            "RTT_P50", "RTT_P99", "RETRANS", "RESETS", "SENT", "OPEN",
+            "RTT_P50", "RTT_P99", "RETRANS", "RESETS", "SENT", "RECV", "OPEN",
         ],
         &body,
     )

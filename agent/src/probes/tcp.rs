@@ -2,6 +2,7 @@
 //! `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`, `tcp:tcp_receive_reset`),
 //! aggregated per endpoint row in the kernel and read once at the end.
 
+mod btf;
 mod layout;
 pub mod proc_net;
 
@@ -17,8 +18,8 @@ use qprof_common::{
     tcp::{
         AF_INET6, DIR_INBOUND, DIR_OUTBOUND, Endpoint, EndpointStats, FourTuple, HIST_CONNECT_NS,
         HIST_LIFETIME_NS, HIST_RTT_US, HistKey, MAP_CONFIG, MAP_HIST, MAP_LISTENERS, MAP_SEED,
-        MAP_SOCKS, MAP_STATS, MAP_TARGET_PIDS, Owner, SOCK_ADOPTED, SOCK_ESTABLISHED, SOCK_PROBED,
-        SockInfo, TcpConfig,
+        MAP_SOCKS, MAP_STATS, MAP_TARGET_PIDS, Owner, SOCK_ADOPTED, SOCK_BASES, SOCK_ESTABLISHED,
+        SOCK_PROBED, SOCK_RECEIVED, SockInfo, TcpConfig,
     },
 };
 
@@ -98,7 +99,11 @@ impl TcpTracer {
     /// Reads the record layouts, loads the programs, hands them the filter
     /// and the connections that already exist, then attaches.
     pub fn start(options: &TcpOptions) -> Result<Self, TcpError> {
-        let config = layout::load(!options.pids.is_empty(), layout::ephemeral_ports())?;
+        let config = layout::load(
+            !options.pids.is_empty(),
+            layout::ephemeral_ports(),
+            layout::KernelOffsets::kernel(),
+        )?;
         let mut ebpf = load_object()?;
         configure(&mut ebpf, &config, &options.pids)?;
         let seed_dropped = seed(&mut ebpf, &proc_net::scan(&options.pids))?;
@@ -215,7 +220,7 @@ fn read_stats(ebpf: &Ebpf, table: &mut TcpTable) -> Result<(), ProbeError> {
         PerCpuHashMap::try_from(map(ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
     for entry in &stats {
         let (key, per_cpu) = entry.map_err(map_err(MAP_STATS))?;
-        let (mut sent, mut probed) = (0, 0);
+        let (mut sent, mut received, mut sent_closes, mut received_closes) = (0, 0, 0, 0);
         for s in per_cpu.iter() {
             table.add_counts(
                 peer(&key),
@@ -233,10 +238,16 @@ fn read_stats(ebpf: &Ebpf, table: &mut TcpTable) -> Result<(), ProbeError> {
                 },
             );
             sent += s.bytes_sent;
-            probed += s.probed_closes;
+            received += s.bytes_received;
+            sent_closes += s.sent_closes;
+            received_closes += s.received_closes;
         }
-        if probed > 0 {
-            table.add_bytes_sent(peer(&key), sent);
+        let row = peer(&key);
+        if sent_closes > 0 {
+            table.add_bytes_sent(row.clone(), sent);
+        }
+        if received_closes > 0 {
+            table.add_bytes_received(row, received);
         }
     }
     Ok(())
@@ -272,6 +283,10 @@ fn read_live(ebpf: &Ebpf, table: &mut TcpTable) -> Result<(), ProbeError> {
         }
         if info.flags & SOCK_PROBED != 0 {
             table.add_bytes_sent(row.clone(), info.bytes_sent);
+        }
+        if info.flags & SOCK_BASES != 0 && info.flags & SOCK_RECEIVED != 0 {
+            let received = info.received_last.wrapping_sub(info.received_base);
+            table.add_bytes_received(row.clone(), received);
         }
         if info.rtt_pending > 0 {
             table.add_samples(

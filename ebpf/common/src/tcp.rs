@@ -22,7 +22,7 @@ pub const MAP_SCRATCH: &str = "TCP_SCRATCH";
 /// Sockets tracked at once (live connections owned by traced processes).
 /// A busy database host holds a few thousand; 65,536 is twice the default
 /// ephemeral port range of one source address (28,232 ports). Each entry is
-/// ~170 bytes with the kernel's overhead: ~12 MiB, preallocated so that the
+/// ~190 bytes with the kernel's overhead: ~12 MiB, preallocated so that the
 /// per-packet lookup never allocates. Entries leave on `TCP_CLOSE`; a full
 /// map is counted (`tcp_sock_map_full`).
 pub const SOCKS_CAPACITY: u32 = 65_536;
@@ -62,8 +62,12 @@ pub const IPPROTO_TCP: u16 = 6;
 pub const TCP_ESTABLISHED: i32 = 1;
 pub const TCP_SYN_SENT: i32 = 2;
 pub const TCP_SYN_RECV: i32 = 3;
+pub const TCP_FIN_WAIT2: i32 = 5;
+pub const TCP_TIME_WAIT: i32 = 6;
 pub const TCP_CLOSE: i32 = 7;
+pub const TCP_LAST_ACK: i32 = 9;
 pub const TCP_LISTEN: i32 = 10;
+pub const TCP_CLOSING: i32 = 11;
 
 /// Who opened the connection.
 pub const DIR_UNKNOWN: u8 = 0;
@@ -84,6 +88,10 @@ pub const SOCK_ESTABLISHED: u32 = 1;
 pub const SOCK_PROBED: u32 = 2;
 /// Found already open (seeded or adopted): its lifetime is unknown.
 pub const SOCK_ADOPTED: u32 = 4;
+/// `acked_base`/`received_base` are valid (the `tcp_sock` offsets are known).
+pub const SOCK_BASES: u32 = 8;
+/// `received_last` was read at least once.
+pub const SOCK_RECEIVED: u32 = 16;
 
 /// Size of the per-CPU scratch copy of a `tcp_probe` record (136 bytes on
 /// 6.x kernels; room to grow).
@@ -136,29 +144,29 @@ pub struct EndpointStats {
     /// Connections established (SYN_SENT->ESTABLISHED outbound,
     /// SYN_RECV->ESTABLISHED inbound).
     pub connects: u64,
-    /// Died in SYN_SENT (refused, timed out, abandoned).
+    /// Died in `SYN_SENT` (refused, timed out, abandoned).
     pub failed_syn_sent: u64,
-    /// Died in SYN_RECV (handshake not completed).
+    /// Died in `SYN_RECV` (handshake not completed).
     pub failed_syn_recv: u64,
     /// Established connections that reached CLOSE during the capture.
     pub closes: u64,
     /// Sum of their lifetimes (established -> close).
     pub lifetime_ns_total: u64,
-    /// Successful `tcp_retransmit_skb` (err == 0), as `RetransSegs` counts.
+    /// Segments retransmitted (`tcp_retransmit_skb` with err == 0, weighted
+    /// by the packet's GSO segment count), as `RetransSegs` counts them.
     pub retransmits: u64,
     pub resets_sent: u64,
     pub resets_received: u64,
-    /// Bytes sent by closed connections (live ones are added from
-    /// `TCP_SOCKS`). There is no received counterpart: `tcp_probe` has no
-    /// `rcv_nxt`, and its 16-bit `data_len` wraps on the >64 KiB segments the
-    /// kernel builds by coalescing its socket backlog.
+    /// Bytes of closed connections (live ones are added from `TCP_SOCKS`).
     pub bytes_sent: u64,
-    /// Closed connections whose bytes were measured (had a `tcp_probe`).
-    pub probed_closes: u64,
+    pub bytes_received: u64,
+    /// Closed connections whose `bytes_sent` / `bytes_received` are known.
+    pub sent_closes: u64,
+    pub received_closes: u64,
     pub connect_max_ns: u64,
     pub lifetime_max_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<EndpointStats>() == 96);
+const _: () = assert!(core::mem::size_of::<EndpointStats>() == 112);
 
 /// Value of `TCP_SOCKS` (key: the kernel's `struct sock *`). Updated
 /// without atomics: every event of one socket runs under its socket lock.
@@ -166,13 +174,21 @@ const _: () = assert!(core::mem::size_of::<EndpointStats>() == 96);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockInfo {
     pub endpoint: Endpoint,
-    /// SYN_SENT time (outbound), ns since boot; 0 otherwise.
+    /// `SYN_SENT` time (outbound), ns since boot; 0 otherwise.
     pub start_ns: u64,
     /// ESTABLISHED time; 0 before, or when adopted.
     pub established_ns: u64,
     /// Sequence space sent, summed from `snd_nxt` deltas at each probe
-    /// (exact up to the last segment received in ESTABLISHED).
+    /// (exact up to the last segment received in ESTABLISHED); the
+    /// fallback when `tcp_sock.bytes_acked` cannot be located.
     pub bytes_sent: u64,
+    /// `tcp_sock.bytes_acked` / `bytes_received` when tracking began (0 for
+    /// connections opened during the capture).
+    pub acked_base: u64,
+    pub received_base: u64,
+    /// `tcp_sock.bytes_received` at the last probe, plus that segment's
+    /// payload (the probe fires before the segment is processed).
+    pub received_last: u64,
     pub last_snd_nxt: u32,
     /// `SOCK_*`.
     pub flags: u32,
@@ -182,7 +198,7 @@ pub struct SockInfo {
     pub rtt_bucket: u32,
     pub rtt_pending: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 104);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 128);
 
 /// Key of `TCP_SEED`: a connection as `/proc/net/tcp*` shows it.
 #[repr(C)]
@@ -249,6 +265,7 @@ pub struct TcpConfig {
     pub oldstate: u16,
     pub newstate: u16,
     pub protocol: u16,
+    /// Explicit padding; always zero.
     pub pad0: u16,
     pub probe: AddrLayout,
     /// `srtt` (µs), `snd_nxt`, `snd_una`.
@@ -259,14 +276,24 @@ pub struct TcpConfig {
     pub snd_nxt: u16,
     pub snd_una: u16,
     pub retransmit: AddrLayout,
-    /// `state` and `err` of `tcp_retransmit_skb` (`err` is `NO_FIELD` on
+    /// `skbaddr` and `err` of `tcp_retransmit_skb` (`err` is `NO_FIELD` on
     /// kernels before 6.10, which traced successful retransmits only).
-    pub retransmit_state: u16,
+    pub retransmit_skbaddr: u16,
     pub retransmit_err: u16,
     pub send_reset: AddrLayout,
     pub receive_reset: AddrLayout,
+    /// Kernel struct offsets found in BTF, `NO_FIELD` when not found:
+    /// `tcp_sock.bytes_received`, `tcp_sock.bytes_acked` (RFC 4898
+    /// counters), and `sk_buff.cb` + `tcp_skb_cb.tcp_gso_segs` (how many
+    /// segments a retransmitted packet carries).
+    pub sock_bytes_received: u16,
+    pub sock_bytes_acked: u16,
+    pub skb_gso_segs: u16,
+    /// `data_len` of `tcp_probe` (16 bits: wraps on coalesced segments, so
+    /// only used for the one segment a live connection's counter lags by).
+    pub probe_data_len: u16,
 }
-const _: () = assert!(core::mem::size_of::<TcpConfig>() == 128);
+const _: () = assert!(core::mem::size_of::<TcpConfig>() == 136);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -6,16 +6,17 @@
 //! Sockets are tracked by their kernel address in `TCP_SOCKS` from connect
 //! (in the connecting process's context, which is how the owner is known)
 //! or accept (owner: whoever listens on the port) to `TCP_CLOSE`, which
-//! every full TCP socket reaches (`tcp_done`, also on the way to TIME_WAIT).
+//! every full TCP socket reaches (`tcp_done`, also on the way to `TIME_WAIT`).
 //! Connections already open when the capture starts are adopted on their
 //! first packet, with the owner the agent found for them in `/proc`.
 
+mod lifecycle;
 mod record;
 mod rows;
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap},
     programs::TracePointContext,
@@ -24,11 +25,10 @@ use qprof_common::{
     counters::Counter,
     hist::bucket_of,
     tcp::{
-        AddrLayout, DIR_INBOUND, DIR_OUTBOUND, DIR_UNKNOWN, Endpoint, FourTuple, HIST_CONNECT_NS,
-        HIST_LIFETIME_NS, HIST_RTT_US, IGNORED_CAPACITY, IPPROTO_TCP, LISTENERS_CAPACITY, Owner,
-        SEED_CAPACITY, SOCK_ADOPTED, SOCK_ESTABLISHED, SOCK_PROBED, SOCKS_CAPACITY, SockInfo,
-        TARGET_PIDS_CAPACITY, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT,
-        TcpConfig,
+        AddrLayout, DIR_UNKNOWN, Endpoint, FourTuple, HIST_RTT_US, IGNORED_CAPACITY,
+        LISTENERS_CAPACITY, NO_FIELD, Owner, SEED_CAPACITY, SOCK_ADOPTED, SOCK_BASES,
+        SOCK_ESTABLISHED, SOCK_PROBED, SOCK_RECEIVED, SOCKS_CAPACITY, SockInfo,
+        TARGET_PIDS_CAPACITY, TcpConfig,
     },
 };
 use record::{read, skaddr, tuple};
@@ -81,6 +81,34 @@ fn filtered_out(cfg: &TcpConfig, pid: u32) -> bool {
     filtering(cfg) && unsafe { TCP_TARGET_PIDS.get(pid) }.is_none()
 }
 
+/// A fresh tracking entry. The kernel's byte counters start at zero for
+/// a connection opened during the capture, so their bases are 0.
+#[inline(always)]
+fn new_info(cfg: &TcpConfig, endpoint: Endpoint, start_ns: u64, flags: u32) -> SockInfo {
+    let bases = if cfg.sock_bytes_acked != NO_FIELD && cfg.sock_bytes_received != NO_FIELD {
+        SOCK_BASES
+    } else {
+        0
+    };
+    SockInfo {
+        endpoint,
+        start_ns,
+        established_ns: if flags & SOCK_ESTABLISHED != 0 {
+            start_ns
+        } else {
+            0
+        },
+        bytes_sent: 0,
+        acked_base: 0,
+        received_base: 0,
+        received_last: 0,
+        last_snd_nxt: 0,
+        flags: flags | bases,
+        rtt_bucket: 0,
+        rtt_pending: 0,
+    }
+}
+
 #[inline(always)]
 fn sock_ptr(sk: u64) -> Option<*mut SockInfo> {
     TCP_SOCKS.get_ptr_mut(sk)
@@ -90,218 +118,8 @@ fn sock_ptr(sk: u64) -> Option<*mut SockInfo> {
 #[inline(always)]
 pub fn on_set_state(ctx: &TracePointContext) {
     let Some(cfg) = config() else { return };
-    if try_set_state(ctx, cfg).is_err() {
+    if lifecycle::try_set_state(ctx, cfg).is_err() {
         bump(Counter::TcpReadError);
-    }
-}
-
-fn try_set_state(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
-    if read::<u16>(ctx, cfg.protocol)? != IPPROTO_TCP {
-        return Ok(());
-    }
-    let old: i32 = read(ctx, cfg.oldstate)?;
-    let new: i32 = read(ctx, cfg.newstate)?;
-    let layout = &cfg.set_state;
-    match (old, new) {
-        (_, TCP_SYN_SENT) => connect_started(ctx, cfg),
-        (_, TCP_LISTEN) => listening(ctx, cfg),
-        (TCP_SYN_SENT, TCP_ESTABLISHED) => connected(ctx, layout),
-        (TCP_SYN_RECV, TCP_ESTABLISHED) => accepted(ctx, cfg),
-        (TCP_CLOSE, TCP_CLOSE) => Ok(()),
-        (_, TCP_CLOSE) => closed(ctx, cfg, old),
-        _ => Ok(()),
-    }
-}
-
-/// CLOSE -> SYN_SENT runs in `connect()`, in the owner's context.
-fn connect_started(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if filtered_out(cfg, pid) {
-        return Ok(());
-    }
-    let sk = skaddr(ctx, &cfg.set_state)?;
-    // The source port is not chosen yet (and is folded anyway); the
-    // addresses are refreshed when the connection is established.
-    let t = tuple(ctx, &cfg.set_state)?;
-    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let info = SockInfo {
-        endpoint: endpoint(cfg, &t, pid, DIR_OUTBOUND, comm),
-        start_ns: now_ns(),
-        established_ns: 0,
-        bytes_sent: 0,
-        last_snd_nxt: 0,
-        flags: 0,
-        rtt_bucket: 0,
-        rtt_pending: 0,
-    };
-    // Overwrites a stale entry left by a socket whose address was reused.
-    if TCP_SOCKS.insert(sk, info, 0).is_err() {
-        bump(Counter::TcpSockMapFull);
-    }
-    Ok(())
-}
-
-/// -> LISTEN runs in `listen()`: remember who owns the port, to attribute
-/// the connections it accepts.
-fn listening(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if filtered_out(cfg, pid) {
-        return Ok(());
-    }
-    let t = tuple(ctx, &cfg.set_state)?;
-    let owner = Owner {
-        pid,
-        direction: DIR_INBOUND,
-        pad: [0; 3],
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
-    // LRU: never refuses, evicts the least recently used port instead.
-    let _ = TCP_LISTENERS.insert(u32::from(t.local_port), owner, 0);
-    Ok(())
-}
-
-/// SYN_SENT -> ESTABLISHED: an active connect completed.
-fn connected(ctx: &TracePointContext, layout: &AddrLayout) -> Result<(), i32> {
-    let sk = skaddr(ctx, layout)?;
-    // Not tracked: the connect began before the capture, or belongs to an
-    // untraced process. Its packets will adopt it.
-    let Some(ptr) = sock_ptr(sk) else {
-        return Ok(());
-    };
-    // SAFETY: the entry of this socket, which is only removed at TCP_CLOSE;
-    // its events run under the socket lock, so nothing else writes it now.
-    let info = unsafe { &mut *ptr };
-    let t = tuple(ctx, layout)?;
-    info.endpoint.local_addr = t.local_addr;
-    info.endpoint.remote_addr = t.remote_addr;
-    let now = now_ns();
-    let latency = now.saturating_sub(info.start_ns);
-    info.established_ns = now;
-    info.flags |= SOCK_ESTABLISHED;
-    with_stats(&info.endpoint, |s| {
-        s.connects += 1;
-        s.connect_max_ns = s.connect_max_ns.max(latency);
-    });
-    hist_add(
-        &info.endpoint,
-        HIST_CONNECT_NS,
-        bucket_of(latency) as u32,
-        1,
-    );
-    Ok(())
-}
-
-/// The owner of a local port we accept on, if known.
-#[inline(always)]
-fn listener(port: u16) -> Option<Owner> {
-    // SAFETY: copied out at once; a concurrent update can only replace the
-    // whole value of a preallocated LRU entry, which at worst mixes two
-    // owners' fields for one attribution.
-    unsafe { TCP_LISTENERS.get(u32::from(port)) }.copied()
-}
-
-/// SYN_RECV -> ESTABLISHED: a passive open completed (in softirq, where the
-/// current task is arbitrary: the owner is the listener).
-fn accepted(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
-    let t = tuple(ctx, &cfg.set_state)?;
-    let (pid, comm) = match listener(t.local_port) {
-        Some(owner) => (owner.pid, owner.comm),
-        None if filtering(cfg) => return Ok(()),
-        None => (0, [0; 16]),
-    };
-    let sk = skaddr(ctx, &cfg.set_state)?;
-    let info = SockInfo {
-        endpoint: endpoint(cfg, &t, pid, DIR_INBOUND, comm),
-        start_ns: 0,
-        established_ns: now_ns(),
-        bytes_sent: 0,
-        last_snd_nxt: 0,
-        flags: SOCK_ESTABLISHED,
-        rtt_bucket: 0,
-        rtt_pending: 0,
-    };
-    if TCP_SOCKS.insert(sk, info, 0).is_err() {
-        bump(Counter::TcpSockMapFull);
-    }
-    with_stats(&info.endpoint, |s| s.connects += 1);
-    Ok(())
-}
-
-/// -> CLOSE: a failed connect (died before ESTABLISHED) or the end of an
-/// established connection. Either way the socket is forgotten.
-fn closed(ctx: &TracePointContext, cfg: &TcpConfig, old: i32) -> Result<(), i32> {
-    let sk = skaddr(ctx, &cfg.set_state)?;
-    let Some(ptr) = sock_ptr(sk) else {
-        // SYN_RECV sockets are not tracked (they are born and established
-        // in one softirq); one that dies is a failed passive open.
-        if old == TCP_SYN_RECV {
-            let t = tuple(ctx, &cfg.set_state)?;
-            let (pid, comm) = match listener(t.local_port) {
-                Some(owner) => (owner.pid, owner.comm),
-                None if filtering(cfg) => return Ok(()),
-                None => (0, [0; 16]),
-            };
-            let row = endpoint(cfg, &t, pid, DIR_INBOUND, comm);
-            with_stats(&row, |s| s.failed_syn_recv += 1);
-        }
-        return Ok(());
-    };
-    // SAFETY: as in `connected`.
-    let info = unsafe { &mut *ptr };
-    if info.flags & (SOCK_ESTABLISHED | SOCK_ADOPTED) == 0 {
-        // The source address and port are known by now.
-        if let Ok(t) = tuple(ctx, &cfg.set_state) {
-            info.endpoint.local_addr = t.local_addr;
-            info.endpoint.remote_addr = t.remote_addr;
-        }
-        with_stats(&info.endpoint, |s| {
-            if old == TCP_SYN_SENT {
-                s.failed_syn_sent += 1;
-            } else {
-                s.failed_syn_recv += 1;
-            }
-        });
-    } else {
-        flush_closed(info);
-    }
-    let _ = TCP_SOCKS.remove(sk);
-    Ok(())
-}
-
-/// Moves a closing socket's lifetime, bytes and pending RTT samples into
-/// its row.
-#[inline(always)]
-fn flush_closed(info: &SockInfo) {
-    let lifetime = if info.flags & SOCK_ADOPTED == 0 {
-        now_ns().saturating_sub(info.established_ns)
-    } else {
-        0
-    };
-    let probed = info.flags & SOCK_PROBED != 0;
-    with_stats(&info.endpoint, |s| {
-        s.closes += 1;
-        s.lifetime_ns_total += lifetime;
-        s.lifetime_max_ns = s.lifetime_max_ns.max(lifetime);
-        if probed {
-            s.probed_closes += 1;
-            s.bytes_sent += info.bytes_sent;
-        }
-    });
-    if info.flags & SOCK_ADOPTED == 0 {
-        hist_add(
-            &info.endpoint,
-            HIST_LIFETIME_NS,
-            bucket_of(lifetime) as u32,
-            1,
-        );
-    }
-    if info.rtt_pending > 0 {
-        hist_add(
-            &info.endpoint,
-            HIST_RTT_US,
-            info.rtt_bucket,
-            u64::from(info.rtt_pending),
-        );
     }
 }
 
@@ -323,7 +141,7 @@ fn untracked_row(
     let t = tuple(ctx, layout)?;
     // SAFETY: the seed is written by the agent before the programs attach
     // and never changes afterwards; copied out at once.
-    let (pid, direction, comm) = match unsafe { TCP_SEED.get(&t) } {
+    let (pid, direction, comm) = match unsafe { TCP_SEED.get(t) } {
         Some(owner) => (owner.pid, owner.direction, owner.comm),
         None if filtering(cfg) => {
             if sk != 0 {
@@ -388,6 +206,13 @@ fn try_probe(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
         info.bytes_sent += u64::from(snd_nxt.wrapping_sub(info.last_snd_nxt));
     }
     info.last_snd_nxt = snd_nxt;
+    if info.flags & SOCK_BASES != 0
+        && let Ok(received) = record::kernel_field::<u64>(sk, cfg.sock_bytes_received)
+    {
+        let segment: u16 = record::field(rec, cfg.probe_data_len).unwrap_or(0);
+        info.received_last = received + u64::from(segment);
+        info.flags |= SOCK_RECEIVED;
+    }
     if srtt == 0 {
         return Ok(()); // no RTT sample yet
     }
@@ -415,16 +240,18 @@ fn adopt(ctx: &TracePointContext, cfg: &TcpConfig, sk: u64) -> Result<Option<*mu
     let Some(row) = untracked_row(ctx, cfg, &cfg.probe, sk)? else {
         return Ok(None);
     };
-    let info = SockInfo {
-        endpoint: row,
-        start_ns: 0,
-        established_ns: 0,
-        bytes_sent: 0,
-        last_snd_nxt: 0,
-        flags: SOCK_ADOPTED,
-        rtt_bucket: 0,
-        rtt_pending: 0,
-    };
+    let mut info = new_info(cfg, row, 0, SOCK_ADOPTED);
+    // Already open: its counters so far belong before the capture.
+    match (
+        record::kernel_field::<u64>(sk, cfg.sock_bytes_acked),
+        record::kernel_field::<u64>(sk, cfg.sock_bytes_received),
+    ) {
+        (Ok(acked), Ok(received)) => {
+            info.acked_base = acked;
+            info.received_base = received;
+        }
+        _ => info.flags &= !SOCK_BASES,
+    }
     if TCP_SOCKS.insert(sk, info, u64::from(BPF_NOEXIST)).is_err() {
         bump(Counter::TcpSockMapFull);
         return Ok(None);
@@ -449,9 +276,17 @@ fn try_retransmit(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
         return Ok(());
     }
     let sk = skaddr(ctx, &cfg.retransmit)?;
-    if let Some(row) = row_of(ctx, cfg, &cfg.retransmit, sk)? {
-        with_stats(&row, |s| s.retransmits += 1);
-    }
+    let Some(row) = row_of(ctx, cfg, &cfg.retransmit, sk)? else {
+        return Ok(());
+    };
+    // A GSO packet of several segments is retransmitted (and traced) once
+    // but counted per segment by the kernel's RetransSegs.
+    let skb: u64 = read(ctx, cfg.retransmit_skbaddr).unwrap_or(0);
+    let segs = match record::kernel_field::<u16>(skb, cfg.skb_gso_segs) {
+        Ok(n) if n > 0 => u64::from(n),
+        _ => 1,
+    };
+    with_stats(&row, |s| s.retransmits += segs);
     Ok(())
 }
 

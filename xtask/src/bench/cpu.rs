@@ -29,7 +29,8 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
-    cpu_report::{self, Results, Run, Traced, Window},
+    cpu_report,
+    cpu_runs::{Results, Run, Traced, Window},
     perf_post,
     process::{Running, Scratch, cpu_time, online_cpus, self_cpu, wait_for_quiet, wait_ready},
 };
@@ -38,7 +39,7 @@ use crate::{setup, test, util};
 /// Share of the machine other processes may take during a window before
 /// it is repeated: an idle machine measures 0.1–0.5% (process start and
 /// exit, kernel threads).
-const MAX_OTHER_LOAD: f64 = 0.02;
+pub const MAX_OTHER_LOAD: f64 = 0.02;
 /// Attempts per window before the quietest one is kept anyway.
 const MAX_ATTEMPTS: usize = 3;
 /// How long to wait for a quiet machine before each window.
@@ -103,7 +104,7 @@ pub fn run(seconds: u64, rounds: usize) -> anyhow::Result<ExitCode> {
             let run = bench
                 .quietest_of_attempts(condition, &mut results.repeated)
                 .with_context(|| format!("round {}", round + 1))?;
-            results.push(run);
+            results.push(run, bench.cpus);
         }
     }
     print!("{}", cpu_report::render(&bench, rounds, &results));
@@ -264,6 +265,7 @@ impl Bench {
             wall: start.elapsed(),
             fixture_cpu,
             self_cpu: self_cpu()?.saturating_sub(self_before),
+            other_load: 0.0,
         })
     }
 }

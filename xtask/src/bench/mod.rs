@@ -3,6 +3,7 @@
 
 mod cpu;
 mod cpu_report;
+mod cpu_runs;
 mod memory;
 mod offcpu;
 mod perf_post;

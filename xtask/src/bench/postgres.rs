@@ -98,6 +98,17 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The postmaster's pid (first line of `postmaster.pid`).
+    pub fn postmaster_pid(&self) -> anyhow::Result<u32> {
+        let path = self.dir.join("data/postmaster.pid");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .with_context(|| format!("no pid in {}", path.display()))
+    }
+
     /// `pgbench` against this cluster over TCP on loopback.
     pub fn pgbench(&self) -> Command {
         let mut cmd = as_postgres(&self.bin.join("pgbench"));

@@ -96,7 +96,10 @@ pub fn run() -> anyhow::Result<ExitCode> {
         "| bpftrace PQsendQuery + PQgetResult (+uretprobe) | {b:.0} | {:.3} | {bt:.2} |",
         b / base
     );
-    println!("qprof peak RSS with {statements} distinct statements seen: {peak_mb:.1} MB (target <= 64 MB: {})", if peak_mb <= 64.0 { "met" } else { "NOT met" });
+    println!(
+        "qprof peak RSS with {statements} distinct statements seen: {peak_mb:.1} MB (target <= 64 MB: {})",
+        if peak_mb <= 64.0 { "met" } else { "NOT met" }
+    );
     println!(
         "targets: qprof ratio > bpftrace ratio: {}; <= 2 traps/query: {}",
         if q > b { "met" } else { "NOT met" },
@@ -170,13 +173,19 @@ fn measure(
     let text = String::from_utf8_lossy(&out.stdout);
     let tps = parse_tps(&text).with_context(|| format!("no TPS in pgbench output: {text}"))?;
     let queries = tps * f64::from(SECONDS);
-    Ok((tps, traps_between(&before, &after) as f64 / queries.max(1.0)))
+    Ok((
+        tps,
+        traps_between(&before, &after) as f64 / queries.max(1.0),
+    ))
 }
 
 /// Run counts of every uprobe/kprobe-type BPF program, by program id
 /// (uprobes run `kprobe` programs; each run is one trap).
 fn uprobe_runs() -> anyhow::Result<std::collections::HashMap<u64, u64>> {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("bpftool")?;
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("bpftool")?;
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
     Ok(progs
         .as_array()
@@ -191,31 +200,53 @@ fn uprobe_runs() -> anyhow::Result<std::collections::HashMap<u64, u64>> {
 
 /// Traps taken between two snapshots: programs present in both (tracers
 /// that come and go elsewhere on the machine do not count).
-fn traps_between(before: &std::collections::HashMap<u64, u64>, after: &std::collections::HashMap<u64, u64>) -> u64 {
-    after.iter().map(|(id, runs)| runs.saturating_sub(before.get(id).copied().unwrap_or(*runs))).sum()
+fn traps_between(
+    before: &std::collections::HashMap<u64, u64>,
+    after: &std::collections::HashMap<u64, u64>,
+) -> u64 {
+    after
+        .iter()
+        .map(|(id, runs)| runs.saturating_sub(before.get(id).copied().unwrap_or(*runs)))
+        .sum()
 }
 
 /// Runs 100,000 distinct statements through psql under `qprof record
 /// queries` and returns qprof's peak RSS (VmHWM) in MB.
-fn memory_with_distinct_statements(qprof: &Path, cluster: &Cluster, scratch: &Scratch) -> anyhow::Result<(usize, f64)> {
+fn memory_with_distinct_statements(
+    qprof: &Path,
+    cluster: &Cluster,
+    scratch: &Scratch,
+) -> anyhow::Result<(usize, f64)> {
     const N: usize = 100_000;
     let script = scratch.path("distinct.sql");
     let text: String = (0..N).map(|i| format!("SELECT 1 AS c{i};\n")).collect();
     std::fs::write(&script, text).context("writing the statements")?;
     let log = scratch.path("mem.log");
     let mut cmd = Command::new(qprof);
-    cmd.args(["record", "queries", "--duration", "30m", "--json"]).arg(scratch.path("mem.json"));
+    cmd.args(["record", "queries", "--duration", "30m", "--json"])
+        .arg(scratch.path("mem.json"));
     let tracer = Running::spawn(&mut cmd, "qprof", Some(&log))?;
     wait_for_text(&log, "qprof: recording")?;
     run_cmd(
         Command::new("psql")
-            .args(["-X", "-q", "-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "postgres", "-f"])
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &cluster.port.to_string(),
+                "-U",
+                "postgres",
+                "-f",
+            ])
             .arg(&script)
             .arg("postgres")
             .stdout(std::process::Stdio::null()),
     )?;
     std::thread::sleep(Duration::from_secs(1));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid())).context("qprof's status")?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid()))
+        .context("qprof's status")?;
     let hwm_kb: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

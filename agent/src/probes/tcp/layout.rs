@@ -84,16 +84,18 @@ impl Format {
     /// `tcp_send_reset`) or as split IPv4/IPv6 arrays plus ports.
     fn addrs(&self) -> Result<AddrLayout, LayoutError> {
         let skaddr = self.field("skaddr", &[8])?;
-        let saddr = self.field("saddr", &[4, 28])?;
-        let daddr = self.field("daddr", &[4, 28])?;
+        let (src, dst) = (
+            self.field("saddr", &[4, 28])?,
+            self.field("daddr", &[4, 28])?,
+        );
         if self.format.field("saddr")?.size == 28 {
             return Ok(AddrLayout {
                 skaddr,
                 family: NO_FIELD,
                 sport: NO_FIELD,
                 dport: NO_FIELD,
-                saddr,
-                daddr,
+                saddr: src,
+                daddr: dst,
                 saddr_v6: NO_FIELD,
                 daddr_v6: NO_FIELD,
                 sockaddr: 1,
@@ -105,8 +107,8 @@ impl Format {
             family: self.field("family", &[2])?,
             sport: self.field("sport", &[2])?,
             dport: self.field("dport", &[2])?,
-            saddr,
-            daddr,
+            saddr: src,
+            daddr: dst,
             saddr_v6: self.field("saddr_v6", &[16])?,
             daddr_v6: self.field("daddr_v6", &[16])?,
             sockaddr: 0,
@@ -115,30 +117,78 @@ impl Format {
     }
 }
 
+/// Kernel struct offsets from BTF, `NO_FIELD` for each one not found.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelOffsets {
+    pub bytes_received: u16,
+    pub bytes_acked: u16,
+    pub gso_segs: u16,
+}
+
+impl KernelOffsets {
+    /// Reads the running kernel's BTF. Every field is optional: without
+    /// them bytes received are unknown and a retransmitted GSO packet counts
+    /// as one segment.
+    #[must_use]
+    pub fn kernel() -> Self {
+        let Ok(btf) = super::btf::Btf::kernel() else {
+            return Self {
+                bytes_received: NO_FIELD,
+                bytes_acked: NO_FIELD,
+                gso_segs: NO_FIELD,
+            };
+        };
+        let small = |v: Option<u32>| v.and_then(|v| u16::try_from(v).ok()).unwrap_or(NO_FIELD);
+        let gso = match (
+            btf.member_offset("sk_buff", "cb"),
+            btf.member_offset("tcp_skb_cb", "tcp_gso_segs"),
+        ) {
+            (Some(cb), Some(segs)) => Some(cb + segs),
+            _ => None,
+        };
+        Self {
+            bytes_received: small(btf.member_offset("tcp_sock", "bytes_received")),
+            bytes_acked: small(btf.member_offset("tcp_sock", "bytes_acked")),
+            gso_segs: small(gso),
+        }
+    }
+}
+
 /// Reads the five format files. The error names the tracepoint (and the
 /// field) that is missing or laid out unexpectedly.
-pub fn load(filter_by_pid: bool, ephemeral: (u16, u16)) -> Result<TcpConfig, LayoutError> {
+pub fn load(
+    filter_by_pid: bool,
+    ephemeral: (u16, u16),
+    kernel: KernelOffsets,
+) -> Result<TcpConfig, LayoutError> {
     let set_state = Format::load("sock", "inet_sock_set_state")?;
     let probe = Format::load("tcp", "tcp_probe")?;
     let retransmit = Format::load("tcp", "tcp_retransmit_skb")?;
     let send_reset = Format::load("tcp", "tcp_send_reset")?;
     let receive_reset = Format::load("tcp", "tcp_receive_reset")?;
     let probe_addrs = probe.addrs()?;
-    let (srtt, snd_nxt, snd_una) = (
+    let (srtt, snd_nxt, snd_una, data_len) = (
         probe.field("srtt", &[4])?,
         probe.field("snd_nxt", &[4])?,
         probe.field("snd_una", &[4])?,
+        probe.field("data_len", &[2])?,
     );
     // The BPF side copies this much of each tcp_probe record in one go.
-    let span = [(probe_addrs.skaddr, 8), (srtt, 4), (snd_nxt, 4), (snd_una, 4)]
-        .iter()
-        .map(|&(offset, size)| usize::from(offset) + size)
-        .max()
-        .unwrap_or(0);
+    let span = [
+        (probe_addrs.skaddr, 8),
+        (srtt, 4),
+        (snd_nxt, 4),
+        (snd_una, 4),
+        (data_len, 2),
+    ]
+    .iter()
+    .map(|&(offset, size)| usize::from(offset) + size)
+    .max()
+    .unwrap_or(0);
     if span > PROBE_SPAN_MAX {
         return Err(LayoutError::Offset {
             tracepoint: probe.name.clone(),
-            field: "skaddr/srtt/snd_nxt/snd_una",
+            field: "skaddr/srtt/snd_nxt/snd_una/data_len",
             offset: span as u32,
         });
     }
@@ -157,10 +207,14 @@ pub fn load(filter_by_pid: bool, ephemeral: (u16, u16)) -> Result<TcpConfig, Lay
         snd_nxt,
         snd_una,
         retransmit: retransmit.addrs()?,
-        retransmit_state: retransmit.field("state", &[4])?,
+        retransmit_skbaddr: retransmit.field("skbaddr", &[8])?,
         retransmit_err: retransmit.optional("err", 4)?,
         send_reset: send_reset.addrs()?,
         receive_reset: receive_reset.addrs()?,
+        sock_bytes_received: kernel.bytes_received,
+        sock_bytes_acked: kernel.bytes_acked,
+        skb_gso_segs: kernel.gso_segs,
+        probe_data_len: data_len,
     })
 }
 
@@ -175,4 +229,53 @@ pub fn ephemeral_ports() -> (u16, u16) {
             Some((it.next()??, it.next()??))
         })
         .unwrap_or((32_768, 60_999))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tracepoint the kernel lacks is named in the error.
+    #[test]
+    fn missing_tracepoint_is_named() {
+        let err = Format::load("tcp", "tcp_no_such_event")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("tracepoint tcp:tcp_no_such_event is not available"),
+            "{err}"
+        );
+    }
+
+    /// On a kernel whose tracefs is mounted, the five formats load and
+    /// every offset the BPF side needs is present and inside the record.
+    #[test]
+    fn running_kernel_layouts_load() {
+        if !std::path::Path::new(crate::probes::preflight::TRACEFS)
+            .join("events/tcp/tcp_probe/format")
+            .exists()
+        {
+            return;
+        }
+        let none = KernelOffsets {
+            bytes_received: NO_FIELD,
+            bytes_acked: NO_FIELD,
+            gso_segs: NO_FIELD,
+        };
+        let cfg = load(false, (32_768, 60_999), none).unwrap_or_else(|e| panic!("{e}"));
+        for layout in [
+            cfg.set_state,
+            cfg.probe,
+            cfg.retransmit,
+            cfg.send_reset,
+            cfg.receive_reset,
+        ] {
+            assert_ne!(layout.skaddr, NO_FIELD);
+            assert_ne!(layout.saddr, NO_FIELD);
+        }
+        assert_eq!(cfg.probe.sockaddr, 1, "6.x tcp_probe stores sockaddrs");
+        assert!(usize::from(cfg.probe_span) <= PROBE_SPAN_MAX && cfg.probe_span > cfg.srtt);
+        assert_eq!(cfg.filter_by_pid, 0);
+    }
 }

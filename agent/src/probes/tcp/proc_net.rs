@@ -51,8 +51,8 @@ fn parse_addr(text: &str) -> Option<([u8; 16], u16)> {
     Some((out, port))
 }
 
-/// Parses the text of `/proc/net/tcp` (`family` AF_INET) or `tcp6`
-/// (AF_INET6); malformed lines are skipped.
+/// Parses the text of `/proc/net/tcp` (`family` `AF_INET`) or `tcp6`
+/// (`AF_INET6`); malformed lines are skipped.
 #[must_use]
 pub fn parse(text: &str, family: u16) -> Vec<ProcSocket> {
     text.lines()

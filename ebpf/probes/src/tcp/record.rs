@@ -2,7 +2,13 @@
 //! tracepoints' format files (Rust BPF has no CO-RE, and the layouts moved
 //! between kernel versions: `tcp_retransmit_skb` gained `err` in 6.10).
 
-use aya_ebpf::{EbpfContext as _, helpers::generated, macros::map, maps::PerCpuArray, programs::TracePointContext};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_probe_read_kernel, generated},
+    macros::map,
+    maps::PerCpuArray,
+    programs::TracePointContext,
+};
 use qprof_common::tcp::{AF_INET6, AddrLayout, FourTuple, NO_FIELD, PROBE_SPAN_MAX, TcpConfig};
 
 /// This CPU's copy of the current `tcp_probe` record. Tracepoint programs
@@ -53,7 +59,8 @@ pub fn copy_probe(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<*const u8,
     // SAFETY: copies `len` bytes (bounded by the slot's size just above)
     // from the record into this CPU's slot; the helper reports a bad source
     // address as an error instead of faulting.
-    let rc = unsafe { generated::bpf_probe_read_kernel(buf.cast(), len, ctx.as_ptr().cast_const()) };
+    let rc =
+        unsafe { generated::bpf_probe_read_kernel(buf.cast(), len, ctx.as_ptr().cast_const()) };
     if rc < 0 {
         return Err(rc as i32);
     }
@@ -71,6 +78,20 @@ pub fn field<T: Copy>(rec: *const u8, offset: u16) -> Result<T, i32> {
     // lies inside it (checked above); unaligned read because offsets come
     // from the format file; every `T` used is a plain integer.
     Ok(unsafe { rec.add(offset).cast::<T>().read_unaligned() })
+}
+
+/// A `T` at `base + offset` in kernel memory (a field of a kernel struct
+/// whose offset came from BTF).
+#[inline(always)]
+pub fn kernel_field<T>(base: u64, offset: u16) -> Result<T, i32> {
+    if offset == NO_FIELD || base == 0 {
+        return Err(EINVAL);
+    }
+    let src = (base + u64::from(offset)) as *const T;
+    // SAFETY: bpf_probe_read_kernel copies into a local and reports an
+    // unmapped address as an error instead of faulting; `T` is a plain
+    // integer, valid for any bit pattern.
+    unsafe { bpf_probe_read_kernel(src) }
 }
 
 /// The record's `struct sock *`, 0 when the event has no socket (a reset

@@ -67,20 +67,15 @@ pub fn endpoint(
 /// Runs `update` on this CPU's counters of `row`, creating them if needed.
 #[inline(always)]
 pub fn with_stats(row: &Endpoint, update: impl FnOnce(&mut EndpointStats)) {
-    let slot = match TCP_STATS.get_ptr_mut(row) {
-        Some(slot) => slot,
-        None => {
-            // EEXIST means another CPU created the row after our lookup: the
-            // entry then exists for every CPU and the lookup below finds ours.
-            let _ = TCP_STATS.insert(row, EndpointStats::default(), u64::from(BPF_NOEXIST));
-            match TCP_STATS.get_ptr_mut(row) {
-                Some(slot) => slot,
-                None => {
-                    bump(Counter::TcpStatsMapFull);
-                    return;
-                }
-            }
-        }
+    let slot = TCP_STATS.get_ptr_mut(row).or_else(|| {
+        // EEXIST means another CPU created the row after our lookup: the
+        // entry then exists for every CPU and the lookup below finds ours.
+        let _ = TCP_STATS.insert(row, EndpointStats::default(), u64::from(BPF_NOEXIST));
+        TCP_STATS.get_ptr_mut(row)
+    });
+    let Some(slot) = slot else {
+        bump(Counter::TcpStatsMapFull);
+        return;
     };
     // SAFETY: this CPU's slot of a live per-CPU entry; BPF programs do not
     // preempt each other on one CPU, and rows are never deleted while the
@@ -96,15 +91,15 @@ pub fn hist_add(row: &Endpoint, kind: u32, bucket: u32, count: u64) {
         kind,
         bucket,
     };
-    if let Some(cell) = TCP_HIST.get_ptr_mut(&key) {
+    if let Some(cell) = TCP_HIST.get_ptr_mut(key) {
         // SAFETY: as in `with_stats`.
         unsafe { *cell += count };
         return;
     }
-    if TCP_HIST.insert(&key, count, u64::from(BPF_NOEXIST)).is_ok() {
+    if TCP_HIST.insert(key, count, u64::from(BPF_NOEXIST)).is_ok() {
         return;
     }
-    match TCP_HIST.get_ptr_mut(&key) {
+    match TCP_HIST.get_ptr_mut(key) {
         // SAFETY: as in `with_stats`.
         Some(cell) => unsafe { *cell += count },
         None => bump(Counter::TcpHistMapFull),
