@@ -26,7 +26,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::process::{Running, Scratch};
+use super::process::{Running, Scratch, wait_for_text};
 use crate::util::{self, run_cmd};
 
 /// Pairs per measurement: ~0.5-1 s traced on this machine.
@@ -276,17 +276,4 @@ fn stop(mut tracer: Running) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn wait_for_text(path: &Path, needle: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_mins(1);
-    while Instant::now() < deadline {
-        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
-            // bpftrace prints "Attaching" before it attaches: give it time.
-            std::thread::sleep(Duration::from_millis(500));
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("tracer never printed {needle:?} into {}", path.display())
 }

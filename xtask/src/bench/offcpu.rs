@@ -6,12 +6,11 @@
 use std::{
     path::Path,
     process::{Command, ExitCode},
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
-use super::process::{Running, Scratch};
+use super::process::{Running, Scratch, wait_for_text};
 use crate::util::{self, run_cmd};
 
 const SECONDS: u32 = 5;
@@ -105,16 +104,4 @@ fn measure(
         .strip_prefix("roundtrips_per_sec=")
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("unexpected pingpong output {text:?}"))
-}
-
-fn wait_for_text(path: &Path, needle: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_mins(1);
-    while Instant::now() < deadline {
-        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
-            std::thread::sleep(Duration::from_millis(200));
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("qprof never printed {needle:?} into {}", path.display())
 }

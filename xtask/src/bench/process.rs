@@ -326,3 +326,18 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Waits (at most a minute) until `path` contains `needle`: tracers say
+/// when they are attached (qprof: "qprof: recording", bpftrace:
+/// "Attaching"), then a moment for the last CPU to pick the programs up.
+pub fn wait_for_text(path: &Path, needle: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
+            sleep(Duration::from_millis(300));
+            return Ok(());
+        }
+        sleep(Duration::from_millis(50));
+    }
+    bail!("never saw {needle:?} in {}", path.display())
+}

@@ -8,14 +8,14 @@
 use std::{
     path::Path,
     process::{Command, ExitCode},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 
 use super::{
     postgres::{Cluster, ensure_installed, parse_tps},
-    process::{Running, Scratch},
+    process::{Running, Scratch, wait_for_text},
 };
 use crate::util::{self, run_cmd};
 
@@ -270,16 +270,4 @@ fn find_libpq() -> anyhow::Result<String> {
         })
         .map(|p| p.display().to_string())
         .context("libpq.so.5.* not found")
-}
-
-fn wait_for_text(path: &Path, needle: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_mins(1);
-    while Instant::now() < deadline {
-        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
-            std::thread::sleep(Duration::from_millis(300));
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("tracer never printed {needle:?} into {}", path.display())
 }

@@ -13,12 +13,11 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
-use super::process::{Running, Scratch};
+use super::process::{Running, Scratch, wait_for_text};
 use crate::util::{self, run_cmd};
 
 /// Loop iterations per measurement (two executions each): ~0.1 s
@@ -310,18 +309,6 @@ fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-}
-
-fn wait_for_text(path: &Path, needle: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_mins(1);
-    while Instant::now() < deadline {
-        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
-            std::thread::sleep(Duration::from_millis(300));
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("tracer never printed {needle:?} into {}", path.display())
 }
 
 #[cfg(test)]

@@ -10,12 +10,11 @@
 use std::{
     path::Path,
     process::{Command, ExitCode, Stdio},
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
-use super::process::{Running, Scratch};
+use super::process::{Running, Scratch, wait_for_text};
 use crate::util::{self, run_cmd};
 
 /// Calls per measurement: ~1 s untraced on this machine.
@@ -164,17 +163,4 @@ fn measure(mode: Mode, qprof: &Path, fixture: &Path, scratch: &Scratch) -> anyho
         .strip_prefix("ns_per_call=")
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("unexpected loop output {text:?}"))
-}
-
-fn wait_for_text(path: &Path, needle: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_mins(1);
-    while Instant::now() < deadline {
-        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
-            // A moment for the last CPU to pick the program up.
-            std::thread::sleep(Duration::from_millis(200));
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("tracer never printed {needle:?} into {}", path.display())
 }
