@@ -288,13 +288,15 @@ fn read_live(ebpf: &Ebpf, table: &mut TcpTable) -> Result<(), ProbeError> {
             let received = info.received_last.wrapping_sub(info.received_base);
             table.add_bytes_received(row.clone(), received);
         }
-        if info.rtt_pending > 0 {
-            table.add_samples(
-                row,
-                HistKind::RttUs,
-                info.rtt_bucket as usize,
-                u64::from(info.rtt_pending),
-            );
+        for (&bucket, &count) in info.rtt_buckets.iter().zip(&info.rtt_counts) {
+            if count > 0 {
+                table.add_samples(
+                    row.clone(),
+                    HistKind::RttUs,
+                    usize::from(bucket),
+                    u64::from(count),
+                );
+            }
         }
     }
     Ok(())

@@ -192,13 +192,17 @@ pub struct SockInfo {
     pub last_snd_nxt: u32,
     /// `SOCK_*`.
     pub flags: u32,
-    /// RTT samples are batched per socket: consecutive smoothed RTTs mostly
-    /// share a bucket, so the histogram map is touched only when the bucket
-    /// changes (and at close), not on every packet.
-    pub rtt_bucket: u32,
-    pub rtt_pending: u32,
+    /// RTT samples are batched per socket in `RTT_SLOTS` (bucket, count)
+    /// slots: a smoothed RTT wanders among a few neighbouring buckets, so
+    /// the histogram map is touched only when a new bucket finds the slots
+    /// full (and at close), not on every packet. A count of 0 is a free slot.
+    pub rtt_buckets: [u16; RTT_SLOTS],
+    pub rtt_counts: [u32; RTT_SLOTS],
 }
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 128);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 144);
+
+/// Per-socket RTT batching slots (see `SockInfo::rtt_buckets`).
+pub const RTT_SLOTS: usize = 4;
 
 /// Key of `TCP_SEED`: a connection as `/proc/net/tcp*` shows it.
 #[repr(C)]

@@ -26,7 +26,7 @@ use qprof_common::{
     hist::bucket_of,
     tcp::{
         AddrLayout, DIR_UNKNOWN, Endpoint, FourTuple, HIST_RTT_US, IGNORED_CAPACITY,
-        LISTENERS_CAPACITY, NO_FIELD, Owner, SEED_CAPACITY, SOCK_ADOPTED, SOCK_BASES,
+        LISTENERS_CAPACITY, NO_FIELD, Owner, RTT_SLOTS, SEED_CAPACITY, SOCK_ADOPTED, SOCK_BASES,
         SOCK_ESTABLISHED, SOCK_PROBED, SOCK_RECEIVED, SOCKS_CAPACITY, SockInfo,
         TARGET_PIDS_CAPACITY, TcpConfig,
     },
@@ -104,8 +104,8 @@ fn new_info(cfg: &TcpConfig, endpoint: Endpoint, start_ns: u64, flags: u32) -> S
         received_last: 0,
         last_snd_nxt: 0,
         flags: flags | bases,
-        rtt_bucket: 0,
-        rtt_pending: 0,
+        rtt_buckets: [0; RTT_SLOTS],
+        rtt_counts: [0; RTT_SLOTS],
     }
 }
 
@@ -216,22 +216,41 @@ fn try_probe(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
     if srtt == 0 {
         return Ok(()); // no RTT sample yet
     }
-    let bucket = bucket_of(u64::from(srtt)) as u32;
-    if info.rtt_pending > 0 && bucket == info.rtt_bucket {
-        info.rtt_pending += 1;
-    } else {
-        if info.rtt_pending > 0 {
-            hist_add(
-                &info.endpoint,
-                HIST_RTT_US,
-                info.rtt_bucket,
-                u64::from(info.rtt_pending),
-            );
-        }
-        info.rtt_bucket = bucket;
-        info.rtt_pending = 1;
-    }
+    add_rtt(info, bucket_of(u64::from(srtt)) as u16);
     Ok(())
+}
+
+/// Counts one smoothed-RTT sample in the socket's batching slots; when a
+/// new bucket finds them all taken, they are flushed to the histogram map.
+#[inline(always)]
+fn add_rtt(info: &mut SockInfo, bucket: u16) {
+    for (b, c) in info.rtt_buckets.iter().zip(info.rtt_counts.iter_mut()) {
+        if *c > 0 && *b == bucket {
+            *c += 1;
+            return;
+        }
+    }
+    for (b, c) in info.rtt_buckets.iter_mut().zip(info.rtt_counts.iter_mut()) {
+        if *c == 0 {
+            *b = bucket;
+            *c = 1;
+            return;
+        }
+    }
+    flush_rtt(info);
+    info.rtt_buckets[0] = bucket;
+    info.rtt_counts[0] = 1;
+}
+
+/// Moves a socket's batched RTT samples into its row's histogram.
+#[inline(always)]
+fn flush_rtt(info: &mut SockInfo) {
+    for (b, c) in info.rtt_buckets.iter().zip(info.rtt_counts.iter_mut()) {
+        if *c > 0 {
+            hist_add(&info.endpoint, HIST_RTT_US, u32::from(*b), u64::from(*c));
+            *c = 0;
+        }
+    }
 }
 
 /// Starts tracking an established socket seen for the first time.

@@ -10,15 +10,15 @@ use qprof_common::{
     counters::Counter,
     hist::bucket_of,
     tcp::{
-        AddrLayout, DIR_INBOUND, DIR_OUTBOUND, HIST_CONNECT_NS, HIST_LIFETIME_NS, HIST_RTT_US,
-        IPPROTO_TCP, Owner, SOCK_ADOPTED, SOCK_BASES, SOCK_ESTABLISHED, SOCK_PROBED, SockInfo,
-        TCP_CLOSE, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_LISTEN,
-        TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, TcpConfig,
+        AddrLayout, DIR_INBOUND, DIR_OUTBOUND, HIST_CONNECT_NS, HIST_LIFETIME_NS, IPPROTO_TCP,
+        Owner, SOCK_ADOPTED, SOCK_BASES, SOCK_ESTABLISHED, SOCK_PROBED, SockInfo, TCP_CLOSE,
+        TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_LISTEN, TCP_SYN_RECV,
+        TCP_SYN_SENT, TCP_TIME_WAIT, TcpConfig,
     },
 };
 
 use super::{
-    TCP_LISTENERS, TCP_SOCKS, filtered_out, filtering, new_info, now_ns,
+    TCP_LISTENERS, TCP_SOCKS, filtered_out, filtering, flush_rtt, new_info, now_ns,
     record::{self, read, skaddr, tuple},
     rows::{endpoint, hist_add, with_stats},
     sock_ptr,
@@ -191,7 +191,7 @@ fn closed(ctx: &TracePointContext, cfg: &TcpConfig, old: i32) -> Result<(), i32>
 /// reached by exchanging FINs takes one off each, and a connection we
 /// opened also had its SYN acknowledged.
 #[inline(always)]
-fn flush_closed(cfg: &TcpConfig, sk: u64, info: &SockInfo, old: i32) {
+fn flush_closed(cfg: &TcpConfig, sk: u64, info: &mut SockInfo, old: i32) {
     let fins = u64::from(matches!(
         old,
         TCP_FIN_WAIT2 | TCP_TIME_WAIT | TCP_LAST_ACK | TCP_CLOSING
@@ -239,12 +239,5 @@ fn flush_closed(cfg: &TcpConfig, sk: u64, info: &SockInfo, old: i32) {
             1,
         );
     }
-    if info.rtt_pending > 0 {
-        hist_add(
-            &info.endpoint,
-            HIST_RTT_US,
-            info.rtt_bucket,
-            u64::from(info.rtt_pending),
-        );
-    }
+    flush_rtt(info);
 }
