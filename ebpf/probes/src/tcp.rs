@@ -206,10 +206,13 @@ fn try_probe(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
         info.bytes_sent += u64::from(snd_nxt.wrapping_sub(info.last_snd_nxt));
     }
     info.last_snd_nxt = snd_nxt;
+    // The kernel's counter only moves with payload: a pure ACK (the bulk of
+    // what a sender receives) leaves the last reading valid, so skip it.
+    let segment: u16 = record::field(rec, cfg.probe_data_len).unwrap_or(0);
     if info.flags & SOCK_BASES != 0
+        && (segment > 0 || info.flags & SOCK_RECEIVED == 0)
         && let Ok(received) = record::kernel_field::<u64>(sk, cfg.sock_bytes_received)
     {
-        let segment: u16 = record::field(rec, cfg.probe_data_len).unwrap_or(0);
         info.received_last = received + u64::from(segment);
         info.flags |= SOCK_RECEIVED;
     }
