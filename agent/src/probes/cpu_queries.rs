@@ -13,6 +13,9 @@ use super::{
 };
 use crate::aggregate::fingerprint::{id_hex, normalize_captured};
 
+/// Text ids remembered: twice the kernel's "already sent" table.
+const MAX_TEXTS: usize = 131_072;
+
 /// Texts seen for the capture's queries, and the tracer that sends them.
 pub struct QueryLabels {
     tracer: QueryTracer,
@@ -35,6 +38,11 @@ impl QueryLabels {
         let fingerprints = &mut self.fingerprints;
         self.tracer.poll(|ev| {
             if let QueryEvent::Text { text_id, bytes, truncated, .. } = ev {
+                // Bounded like `record queries`' text table: past it, start
+                // over (samples of forgotten texts are labelled "unknown").
+                if fingerprints.len() >= MAX_TEXTS {
+                    fingerprints.clear();
+                }
                 fingerprints.entry(text_id).or_insert_with(|| id_hex(normalize_captured(&bytes, truncated).id));
             }
         });

@@ -112,6 +112,12 @@ impl QueryTracer {
             self.last_full_scan = Instant::now();
         }
         let pids: Vec<u32> = if self.options.pids.is_empty() { live_pids() } else { self.options.pids.clone() };
+        if all {
+            // Forget processes that are gone, so the set stays the size of
+            // the live process table over a long capture.
+            let live: HashSet<u32> = pids.iter().copied().collect();
+            self.scanned.retain(|pid| live.contains(pid));
+        }
         let mut fresh = Vec::new();
         for pid in pids {
             let new = self.scanned.insert(pid);
