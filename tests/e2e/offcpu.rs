@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use qprof_e2e::{TempDir, assert_fails_with, build_fixture, pprof_tool, require_root, run_qprof, start_fixture, stderr};
+use qprof_e2e::{TempDir, session::QprofRun, assert_fails_with, build_fixture, pprof_tool, require_root, run_qprof, start_fixture, stderr};
 
 fn ratio(flat: &std::collections::HashMap<String, f64>) -> f64 {
     let (long, short) = (flat.get("wait_long").copied().unwrap_or(0.0), flat.get("wait_short").copied().unwrap_or(0.0));
@@ -28,6 +28,14 @@ fn blocked_time_follows_the_fixture() {
     let r = ratio(&flat);
     eprintln!("wait_long:wait_short blocked time = {r:.3}");
     assert!((8.5..=11.5).contains(&r), "wait_long:wait_short = {r:.2}, want 10 ±15%");
+    // Kernel stacks are walked when the thread comes back, from inside the
+    // tracepoint; the tracing frames above __schedule are cut, so it is the
+    // leaf of (nearly) all blocked time, under the nanosleep syscall.
+    let leaf = pprof_tool::flat_by_function(&pprof_tool::top(&out, "offcpu"));
+    let total = flat.get("wait_long").copied().unwrap_or(0.0) + flat.get("wait_short").copied().unwrap_or(0.0);
+    let schedule = leaf.get("__schedule").copied().unwrap_or(0.0);
+    assert!(schedule >= 0.9 * total, "__schedule is the leaf: {schedule} of {total} s: {leaf:?}");
+    assert!(flat.contains_key("hrtimer_nanosleep"), "kernel frames: {flat:?}");
     let blocks = pprof_tool::cum_by_function(&pprof_tool::top(&out, "samples"));
     let (bl, bs) = (blocks.get("wait_long").copied().unwrap_or(0.0), blocks.get("wait_short").copied().unwrap_or(0.0));
     assert!((bl - bs).abs() <= 2.0, "each loop blocks once in each: {bl} vs {bs}");
@@ -52,6 +60,30 @@ fn exited_process_is_kept() {
     assert!(run.status.success(), "qprof failed: {}", stderr(&run));
     assert!(std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default().is_empty(), "fixture should have exited");
     let _ = ratio(&pprof_tool::cum_by_function(&pprof_tool::top(&out, "offcpu")));
+}
+
+/// A thread that blocks during the capture and never comes back before it
+/// ends never has its stacks walked in the kernel: it is still in the
+/// profile, with its user function (walked from the registers saved at
+/// switch-out), its kernel frames (from /proc) and the time since it blocked.
+#[test]
+fn thread_still_blocked_at_the_end_has_stacks() {
+    require_root();
+    let dir = TempDir::new("offcpu-forever");
+    let fixture = build_fixture("offcpu_wait", dir.path());
+    let child = start_fixture(&fixture, &["forever"]);
+    let pid = child.pid().to_string();
+    let out = dir.join("forever.pb.gz");
+    let mut run = QprofRun::start(&["record", "offcpu", "--pid", &pid, "--duration", "3s", "-o", out.to_str().unwrap_or_default()]);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.pid() as i32, libc::SIGUSR1) };
+    let fin = run.wait();
+    assert!(fin.status.success(), "qprof failed: {fin:?}");
+    let flat = pprof_tool::cum_by_function(&pprof_tool::top(&out, "offcpu"));
+    let forever = flat.get("wait_forever").copied().unwrap_or(0.0);
+    assert!((1.5..=3.5).contains(&forever), "wait_forever blocked {forever} s of a 3 s capture: {flat:?}");
+    assert!(flat.get("main").copied().unwrap_or(0.0) >= forever, "its caller main: {flat:?}");
+    assert!(flat.contains_key("hrtimer_nanosleep"), "its kernel frames: {flat:?}");
 }
 
 /// Bad values for off-CPU options give clear errors.

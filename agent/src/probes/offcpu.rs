@@ -1,10 +1,14 @@
-//! Off-CPU profiling: `sched:sched_switch`, blocked time per stack
-//! aggregated in the kernel, read once at the end.
+//! Off-CPU profiling: the `sched_switch` and `sched_exit_tp` BTF
+//! tracepoints, blocked time per stack aggregated in the kernel, read once
+//! at the end.
+
+mod kallsyms;
+mod still_blocked;
 
 use aya::{
-    Ebpf,
+    Btf, Ebpf,
     maps::{Array, HashMap, PerCpuHashMap, StackTraceMap},
-    programs::{TracePoint, trace_point::TracePointLinkId},
+    programs::{BtfTracePoint, tp_btf::BtfTracePointLinkId},
 };
 use qprof_common::{
     cpu::MAP_STACK_TRACES,
@@ -22,15 +26,13 @@ use super::{
     discovery::NewPidWatcher,
     load_object,
     process_maps::ProcessMaps,
-    tracefs::TracepointFormat,
     unwind::{FramePointerStacks, StackSource},
 };
+use kallsyms::Kallsyms;
 use crate::aggregate::stacks::{RawStack, StackCounts};
 
-const PROGRAM: &str = "offcpu_switch";
-
-/// A key with its (blocked ns, blocks).
-type KeyTotals = (OffcpuKey, (u64, u64));
+/// (program, BTF tracepoint): the block starts, the block ends.
+const PROGRAMS: [(&str, &str); 2] = [("offcpu_switch", "sched_switch"), ("offcpu_back", "sched_exit_tp")];
 
 /// What to trace.
 #[derive(Debug, Clone)]
@@ -44,7 +46,7 @@ pub struct OffcpuOptions {
 /// A running off-CPU capture; dropping it detaches the program.
 pub struct OffcpuProfiler {
     ebpf: Ebpf,
-    link: Option<TracePointLinkId>,
+    links: Vec<(&'static str, BtfTracePointLinkId)>,
     watcher: NewPidWatcher,
     min_block_ns: u64,
     queries: Option<QueryLabels>,
@@ -62,8 +64,12 @@ pub struct OffcpuCapture {
 pub enum OffcpuError {
     #[error(transparent)]
     Probe(#[from] ProbeError),
-    #[error(transparent)]
-    Format(#[from] super::tracefs::FormatError),
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux) to attach to sched_switch: {0}")]
+    KernelBtf(#[from] aya::BtfError),
+    #[error(
+        "this kernel has no BTF tracepoint {0} (sched_exit_tp needs Linux 6.16 or later); off-CPU profiling needs it to walk stacks when a thread comes back"
+    )]
+    MissingTracepoint(&'static str),
     #[error(transparent)]
     Queries(#[from] super::queries::QueryError),
 }
@@ -72,25 +78,23 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError
     move |source| ProbeError::Map { name, source }
 }
 
-fn prog_err(source: aya::programs::ProgramError) -> ProbeError {
-    ProbeError::Program { name: PROGRAM, source }
+fn prog_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> ProbeError {
+    move |source| ProbeError::Program { name, source }
 }
 
-fn program(ebpf: &mut Ebpf) -> Result<&mut TracePoint, ProbeError> {
-    ebpf.program_mut(PROGRAM)
-        .ok_or(ProbeError::Missing { kind: "program", name: PROGRAM })?
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut BtfTracePoint, ProbeError> {
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::Missing { kind: "program", name })?
         .try_into()
-        .map_err(prog_err)
+        .map_err(prog_err(name))
 }
 
 impl OffcpuProfiler {
     pub fn start(options: &OffcpuOptions) -> Result<Self, OffcpuError> {
-        let format = TracepointFormat::load("sched", "sched_switch")?;
+        let btf = Btf::from_sys_fs()?;
         let config = OffcpuConfig {
             min_block_ns: options.min_block_ns,
             filter_pids: u32::from(!options.pids.is_empty()),
-            off_prev_state: format.field("prev_state")?.offset,
-            off_next_pid: format.field("next_pid")?.offset,
             by_query: u32::from(options.by_query),
         };
         let mut ebpf = load_object()?;
@@ -110,26 +114,34 @@ impl OffcpuProfiler {
         }
         let watcher = NewPidWatcher::new(&mut ebpf, &options.pids)?;
         let queries = if options.by_query { Some(QueryLabels::attach(&mut ebpf, &options.pids)?) } else { None };
-        let prog = program(&mut ebpf)?;
-        prog.load().map_err(prog_err)?;
-        let link = prog.attach("sched", "sched_switch").map_err(prog_err)?;
-        Ok(Self { ebpf, link: Some(link), watcher, min_block_ns: options.min_block_ns, queries })
+        for (name, tracepoint) in PROGRAMS {
+            match program(&mut ebpf, name)?.load(tracepoint, &btf) {
+                Ok(()) => {}
+                // The only BTF lookup is of the tracepoint's `btf_trace_*` type.
+                Err(aya::programs::ProgramError::Btf(_)) => return Err(OffcpuError::MissingTracepoint(tracepoint)),
+                Err(e) => return Err(prog_err(name)(e).into()),
+            }
+        }
+        // Attach the end before the start, so that no block starts that
+        // could not end.
+        let mut links = Vec::new();
+        for (name, _) in PROGRAMS.iter().rev() {
+            links.push((*name, program(&mut ebpf, name)?.attach().map_err(prog_err(name))?));
+        }
+        Ok(Self { ebpf, links, watcher, min_block_ns: options.min_block_ns, queries })
     }
 
-    /// (key, (ns, 1)) for each traced thread still off the CPU now.
-    fn still_blocked(&self) -> Result<Vec<KeyTotals>, ProbeError> {
+    /// (tid, start, ns) for each traced thread still off the CPU now.
+    fn still_blocked(&self) -> Result<Vec<(u32, OffcpuStart, u64)>, ProbeError> {
         let map = self.ebpf.map(MAP_START).ok_or(ProbeError::Missing { kind: "map", name: MAP_START })?;
         // An LRU hash reads like a hash from userspace.
         let starts: HashMap<_, u32, OffcpuStart> = HashMap::try_from(map).map_err(map_err(MAP_START))?;
         let now = monotonic_ns();
         let mut out = Vec::new();
         for entry in &starts {
-            let (_, start) = entry.map_err(map_err(MAP_START))?;
-            if start.start_ns != 0 && now > start.start_ns {
-                let blocked = now - start.start_ns;
-                if blocked >= self.min_block_ns {
-                    out.push((start.key, (blocked, 1)));
-                }
+            let (tid, start) = entry.map_err(map_err(MAP_START))?;
+            if start.start_ns != 0 && now > start.start_ns && now - start.start_ns >= self.min_block_ns {
+                out.push((tid, start, now - start.start_ns));
             }
         }
         Ok(out)
@@ -146,10 +158,11 @@ impl OffcpuProfiler {
     /// at the end count up to now (a thread asleep for the whole capture is
     /// the most blocked of all, not absent).
     pub fn finish(mut self) -> Result<OffcpuCapture, ProbeError> {
-        if let Some(link) = self.link.take() {
-            program(&mut self.ebpf)?.detach(link).map_err(prog_err)?;
+        for (name, link) in std::mem::take(&mut self.links) {
+            program(&mut self.ebpf, name)?.detach(link).map_err(prog_err(name))?;
         }
         let still_blocked = self.still_blocked()?;
+        let kallsyms = Kallsyms::load();
         let traces_map = self
             .ebpf
             .take_map(MAP_STACK_TRACES)
@@ -159,25 +172,34 @@ impl OffcpuProfiler {
         let counts: PerCpuHashMap<_, OffcpuKey, OffcpuValue> =
             PerCpuHashMap::try_from(counts_map).map_err(map_err(MAP_COUNTS))?;
         let mut stacks = StackCounts::default();
-        let per_key = counts.iter().map(|entry| {
-            entry.map(|(key, per_cpu)| {
-                let sum = per_cpu.iter().fold((0u64, 0u64), |(n, c), v| (n + v.ns, c + v.count));
-                (key, sum)
-            })
-        });
-        let all: Vec<_> = per_key.collect::<Result<_, _>>().map_err(map_err(MAP_COUNTS))?;
-        for (key, (ns, blocks)) in all.into_iter().chain(still_blocked) {
+        for entry in &counts {
+            let (key, per_cpu) = entry.map_err(map_err(MAP_COUNTS))?;
+            let (ns, blocks) = per_cpu.iter().fold((0u64, 0u64), |(n, c), v| (n + v.ns, c + v.count));
             if blocks == 0 {
                 continue;
             }
+            let mut kernel = source.frames(key.kernel_stack_id).unwrap_or_default();
+            kallsyms.trim_to_schedule(&mut kernel);
             stacks.add(RawStack {
                 pid: key.pid,
                 tid: key.tid,
                 comm: comm_string(&key.comm),
                 user: source.frames(key.user_stack_id).unwrap_or_default(),
-                kernel: source.frames(key.kernel_stack_id).unwrap_or_default(),
+                kernel,
                 values: vec![blocks as i64, ns as i64],
-                labels: self.labels(&key),
+                labels: self.labels(key.state, key.query_id),
+            });
+        }
+        for (tid, start, ns) in still_blocked {
+            let thread = still_blocked::read(&kallsyms, start.pid, tid, (start.user_ip, start.user_bp));
+            stacks.add(RawStack {
+                pid: start.pid,
+                tid,
+                comm: thread.comm,
+                user: thread.user,
+                kernel: thread.kernel,
+                values: vec![1, ns as i64],
+                labels: self.labels(start.state, 0),
             });
         }
         let mut drops = drop_counters(&self.ebpf)?;
@@ -190,9 +212,9 @@ impl OffcpuProfiler {
 
 impl OffcpuProfiler {
     /// `state`, and `query` for blocks inside a traced query.
-    fn labels(&self, key: &OffcpuKey) -> Vec<(String, String)> {
-        let mut labels = vec![("state".to_owned(), state_name(key.state).to_owned())];
-        if let (Some(q), id) = (&self.queries, key.query_id)
+    fn labels(&self, state: u32, query_id: u64) -> Vec<(String, String)> {
+        let mut labels = vec![("state".to_owned(), state_name(state).to_owned())];
+        if let (Some(q), id) = (&self.queries, query_id)
             && id != 0
         {
             labels.push(("query".to_owned(), q.label(id)));

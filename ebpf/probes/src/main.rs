@@ -21,8 +21,8 @@ mod syscalls;
 mod tcp;
 
 use aya_ebpf::{
-    macros::{perf_event, raw_tracepoint, tracepoint},
-    programs::{PerfEventContext, RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, perf_event, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
 };
 // Memory profiling's uprobes (kept apart from the line above).
 use aya_ebpf::{
@@ -86,10 +86,17 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sched:sched_switch`: off-CPU time (switch-out starts, switch-in ends).
-#[tracepoint]
-pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
+/// `sched_switch` (BTF tracepoint): an off-CPU block starts.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn offcpu_switch(ctx: BtfTracePointContext) -> i32 {
     offcpu::on_switch(&ctx);
+    0
+}
+
+/// `sched_exit_tp` (BTF tracepoint, end of `__schedule`): a block ends.
+#[btf_tracepoint(function = "sched_exit_tp")]
+pub fn offcpu_back(ctx: BtfTracePointContext) -> i32 {
+    offcpu::on_sched_exit(&ctx);
     0
 }
 

@@ -2,6 +2,11 @@
 //! context-switch-heavy workload (two threads ping-ponging on pipes), in
 //! one run, interleaved: untraced vs `qprof record offcpu` host-wide.
 //! Target (issue 5): >= 0.90x the untraced switch rate.
+//!
+//! Two placements: free (the threads on two CPUs; each round trip waits
+//! for a cross-CPU wake-up, as a client and a server do) and pinned to one
+//! CPU (each round trip is two bare context switches, about 1 µs each: the
+//! worst case, where any per-switch cost shows in full).
 
 use std::{
     path::Path,
@@ -13,8 +18,8 @@ use anyhow::{Context as _, bail};
 use super::process::{Running, Scratch, wait_for_text};
 use crate::util::{self, run_cmd};
 
-const SECONDS: u32 = 5;
-const ROUNDS: usize = 3;
+const SECONDS: u32 = 3;
+const ROUNDS: usize = 5;
 
 pub fn run() -> anyhow::Result<ExitCode> {
     if !util::is_root() {
@@ -41,11 +46,21 @@ pub fn run() -> anyhow::Result<ExitCode> {
             Some(&["--min-block", "0"]),
         ),
     ];
+    for pinned in [false, true] {
+        report(&qprof, &fixture, &conditions, &scratch, pinned)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+type Condition<'a> = (&'a str, Option<&'a [&'a str]>);
+
+fn report(qprof: &Path, fixture: &Path, conditions: &[Condition<'_>], scratch: &Scratch, pinned: bool) -> anyhow::Result<()> {
+    let placement = if pinned { "both threads pinned to CPU 0" } else { "threads free on all CPUs" };
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); conditions.len()];
     for round in 0..ROUNDS {
         for (i, (name, extra)) in conditions.iter().enumerate() {
-            let rate = measure(&qprof, &fixture, *extra, &scratch)?;
-            eprintln!("  round {}: {name}: {rate:.0} round trips/s", round + 1);
+            let rate = measure(qprof, fixture, *extra, scratch, pinned)?;
+            eprintln!("  {placement}, round {}: {name}: {rate:.0} round trips/s", round + 1);
             results[i].push(rate);
         }
     }
@@ -56,7 +71,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
         })
         .collect();
-    println!("pipe ping-pong, {SECONDS} s per run, median of {ROUNDS} interleaved rounds:");
+    println!("pipe ping-pong ({placement}), {SECONDS} s per run, median of {ROUNDS} interleaved rounds:");
     println!("| condition | round trips/s | ratio to untraced | target |");
     println!("| --- | --- | --- | --- |");
     for ((name, _), rate) in conditions.iter().zip(&medians) {
@@ -68,7 +83,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         };
         println!("| {name} | {rate:.0} | {ratio:.3} | {target} |");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn measure(
@@ -76,6 +91,7 @@ fn measure(
     fixture: &Path,
     extra: Option<&[&str]>,
     scratch: &Scratch,
+    pinned: bool,
 ) -> anyhow::Result<f64> {
     let log = scratch.path("qprof.log");
     let tracer = match extra {
@@ -90,10 +106,14 @@ fn measure(
             Some(tracer)
         }
     };
-    let out = Command::new(fixture)
-        .arg(SECONDS.to_string())
-        .output()
-        .context("running pingpong")?;
+    let mut cmd = if pinned {
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", "0"]).arg(fixture);
+        taskset
+    } else {
+        Command::new(fixture)
+    };
+    let out = cmd.arg(SECONDS.to_string()).output().context("running pingpong")?;
     if let Some(tracer) = tracer {
         tracer.signal(libc::SIGINT)?;
         let mut tracer = tracer;

@@ -6,6 +6,7 @@
 //! Targets (issue 4): qprof's ratio above bpftrace's; <= 2 traps/query.
 
 use std::{
+    fmt::Write as _,
     path::Path,
     process::{Command, ExitCode},
     time::Duration,
@@ -211,7 +212,7 @@ fn traps_between(
 }
 
 /// Runs 100,000 distinct statements through psql under `qprof record
-/// queries` and returns qprof's peak RSS (VmHWM) in MB.
+/// queries` and returns qprof's peak RSS (`VmHWM`) in MB.
 fn memory_with_distinct_statements(
     qprof: &Path,
     cluster: &Cluster,
@@ -219,7 +220,10 @@ fn memory_with_distinct_statements(
 ) -> anyhow::Result<(usize, f64)> {
     const N: usize = 100_000;
     let script = scratch.path("distinct.sql");
-    let text: String = (0..N).map(|i| format!("SELECT 1 AS c{i};\n")).collect();
+    let mut text = String::with_capacity(N * 24);
+    for i in 0..N {
+        let _ = writeln!(text, "SELECT 1 AS c{i};");
+    }
     std::fs::write(&script, text).context("writing the statements")?;
     let log = scratch.path("mem.log");
     let mut cmd = Command::new(qprof);
