@@ -1,6 +1,7 @@
-//! TCP tracing: five tracepoints (`sock:inet_sock_set_state`, `tcp:tcp_probe`,
-//! `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`, `tcp:tcp_receive_reset`),
-//! aggregated per endpoint row in the kernel and read once at the end.
+//! TCP tracing: five tracepoints (`sock:inet_sock_set_state`, `tcp_probe` as
+//! a BTF tracepoint, `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`,
+//! `tcp:tcp_receive_reset`), aggregated per endpoint row in the kernel and
+//! read once at the end.
 
 mod btf;
 mod layout;
@@ -11,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
-    programs::{TracePoint, trace_point::TracePointLinkId},
+    programs::{BtfTracePoint, TracePoint, tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId},
 };
 use qprof_common::{
     counters::{Counter, MAP_DROP_COUNTERS},
@@ -23,7 +24,7 @@ use qprof_common::{
     },
 };
 
-pub use self::layout::{LayoutError, TRACEPOINTS};
+pub use self::layout::{LayoutError, PROBE_PROGRAM, PROBE_TRACEPOINT, TRACEPOINTS};
 use super::{ProbeError, cpu::comm_string, load_object};
 use crate::aggregate::tcp::{Addr, Counts, Direction, HistKind, Peer, TcpTable};
 
@@ -34,6 +35,8 @@ pub enum TcpError {
     Layout(#[from] LayoutError),
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux) to attach to tcp_probe: {0}")]
+    KernelBtf(#[from] aya::BtfError),
     /// Keeps aya's `ProgramError` (with the verifier log on load errors).
     #[error("BPF program {program} on tracepoint {tracepoint}: {source}")]
     Attach {
@@ -55,6 +58,7 @@ pub struct TcpOptions {
 pub struct TcpTracer {
     ebpf: Ebpf,
     links: Vec<(&'static str, TracePointLinkId)>,
+    probe_link: Option<BtfTracePointLinkId>,
     /// Pre-existing connections or listeners the seed maps could not hold.
     seed_dropped: u64,
 }
@@ -95,14 +99,36 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut TracePo
         })
 }
 
+fn probe_err(source: aya::programs::ProgramError) -> TcpError {
+    TcpError::Attach { program: PROBE_PROGRAM, tracepoint: format!("{PROBE_TRACEPOINT} (BTF)"), source }
+}
+
+fn probe_program(ebpf: &mut Ebpf) -> Result<&mut BtfTracePoint, TcpError> {
+    ebpf.program_mut(PROBE_PROGRAM)
+        .ok_or(ProbeError::Missing { kind: "program", name: PROBE_PROGRAM })?
+        .try_into()
+        .map_err(probe_err)
+}
+
+/// Loads and attaches the per-segment program on the `tcp_probe` BTF
+/// tracepoint.
+fn attach_probe(ebpf: &mut Ebpf) -> Result<BtfTracePointLinkId, TcpError> {
+    let btf = aya::Btf::from_sys_fs()?;
+    let prog = probe_program(ebpf)?;
+    prog.load(PROBE_TRACEPOINT, &btf).map_err(probe_err)?;
+    prog.attach().map_err(probe_err)
+}
+
 impl TcpTracer {
     /// Reads the record layouts, loads the programs, hands them the filter
     /// and the connections that already exist, then attaches.
     pub fn start(options: &TcpOptions) -> Result<Self, TcpError> {
+        let btf = btf::Btf::kernel().map_err(LayoutError::from)?;
         let config = layout::load(
             !options.pids.is_empty(),
             layout::ephemeral_ports(),
-            layout::KernelOffsets::kernel(),
+            layout::KernelOffsets::from_btf(&btf),
+            layout::sock_layout(&btf)?,
         )?;
         let mut ebpf = load_object()?;
         configure(&mut ebpf, &config, &options.pids)?;
@@ -118,9 +144,11 @@ impl TcpTracer {
             prog.load().map_err(err)?;
             links.push((name, prog.attach(category, tracepoint).map_err(err)?));
         }
+        let probe_link = Some(attach_probe(&mut ebpf)?);
         Ok(Self {
             ebpf,
             links,
+            probe_link,
             seed_dropped,
         })
     }
@@ -136,6 +164,9 @@ impl TcpTracer {
 
     /// Detaches and reads every row out of the kernel.
     pub fn finish(mut self) -> Result<TcpTable, TcpError> {
+        if let Some(link) = self.probe_link.take() {
+            probe_program(&mut self.ebpf)?.detach(link).map_err(probe_err)?;
+        }
         for (name, link) in std::mem::take(&mut self.links) {
             let prog = program(&mut self.ebpf, name)?;
             prog.detach(link).map_err(|source| TcpError::Attach {

@@ -17,7 +17,6 @@ pub const MAP_SEED: &str = "TCP_SEED";
 pub const MAP_LISTENERS: &str = "TCP_LISTENERS";
 pub const MAP_STATS: &str = "TCP_STATS";
 pub const MAP_HIST: &str = "TCP_HIST";
-pub const MAP_SCRATCH: &str = "TCP_SCRATCH";
 
 /// Sockets tracked at once (live connections owned by traced processes).
 /// A busy database host holds a few thousand; 65,536 is twice the default
@@ -92,10 +91,6 @@ pub const SOCK_ADOPTED: u32 = 4;
 pub const SOCK_BASES: u32 = 8;
 /// `received_last` was read at least once.
 pub const SOCK_RECEIVED: u32 = 16;
-
-/// Size of the per-CPU scratch copy of a `tcp_probe` record (136 bytes on
-/// 6.x kernels; room to grow).
-pub const PROBE_SPAN_MAX: usize = 256;
 
 /// Offset meaning "this tracepoint has no such field".
 pub const NO_FIELD: u16 = u16::MAX;
@@ -255,6 +250,41 @@ pub struct AddrLayout {
 }
 const _: () = assert!(core::mem::size_of::<AddrLayout>() == 20);
 
+/// Where `tcp_probe`'s BTF tracepoint program finds what it reads, as byte
+/// offsets from the kernel's BTF: in `struct sock` (its `sock_common`), in
+/// `struct tcp_sock` (both from the `sk` argument), and in the `tcp_skb_cb`
+/// inside `sk_buff.cb` (from the `skb` argument). The classic `tcp:tcp_probe`
+/// tracepoint builds a ~140-byte record for every segment received, which
+/// costs more than everything qprof does with it; the BTF tracepoint hands
+/// over the two pointers and nothing else.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockLayout {
+    /// `skc_family`, `skc_num` (local port, host order), `skc_dport`
+    /// (remote port, big-endian).
+    pub family: u16,
+    pub num: u16,
+    pub dport: u16,
+    /// `skc_rcv_saddr`, `skc_daddr` (IPv4), `skc_v6_rcv_saddr`,
+    /// `skc_v6_daddr`.
+    pub rcv_saddr: u16,
+    pub daddr: u16,
+    pub v6_rcv_saddr: u16,
+    pub v6_daddr: u16,
+    /// `tcp_sock.srtt_us` (smoothed RTT in µs, shifted left by 3),
+    /// `snd_nxt`, `snd_una`.
+    pub srtt_us: u16,
+    pub snd_nxt: u16,
+    pub snd_una: u16,
+    /// `sk_buff.cb` plus `tcp_skb_cb.seq`, `.end_seq`, `.tcp_flags`.
+    pub cb_seq: u16,
+    pub cb_end_seq: u16,
+    pub cb_flags: u16,
+    /// Explicit padding; always zero.
+    pub pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockLayout>() == 28);
+
 /// The one value of `TCP_CONFIG`: filter and record layouts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,14 +301,7 @@ pub struct TcpConfig {
     pub protocol: u16,
     /// Explicit padding; always zero.
     pub pad0: u16,
-    pub probe: AddrLayout,
-    /// `srtt` (µs), `snd_nxt`, `snd_una`.
-    pub srtt: u16,
-    /// Bytes of the `tcp_probe` record read in one go (at most
-    /// `PROBE_SPAN_MAX`): one helper call per packet instead of one per field.
-    pub probe_span: u16,
-    pub snd_nxt: u16,
-    pub snd_una: u16,
+    pub sock: SockLayout,
     pub retransmit: AddrLayout,
     /// `skbaddr` and `err` of `tcp_retransmit_skb` (`err` is `NO_FIELD` on
     /// kernels before 6.10, which traced successful retransmits only).
@@ -293,9 +316,8 @@ pub struct TcpConfig {
     pub sock_bytes_received: u16,
     pub sock_bytes_acked: u16,
     pub skb_gso_segs: u16,
-    /// `data_len` of `tcp_probe` (16 bits: wraps on coalesced segments, so
-    /// only used for the one segment a live connection's counter lags by).
-    pub probe_data_len: u16,
+    /// Explicit padding; always zero.
+    pub pad1: u16,
 }
 const _: () = assert!(core::mem::size_of::<TcpConfig>() == 136);
 

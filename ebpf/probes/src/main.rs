@@ -58,9 +58,10 @@ pub fn tcp_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `tcp:tcp_probe`: smoothed RTT on every ACK processed.
-#[tracepoint]
-pub fn tcp_probe(ctx: TracePointContext) -> u32 {
+/// `tcp_probe` (BTF tracepoint): smoothed RTT and bytes on every segment
+/// received on an established socket.
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
     tcp::on_probe(&ctx);
     0
 }

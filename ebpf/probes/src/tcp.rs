@@ -1,5 +1,5 @@
 //! TCP: connection lifecycle (`sock:inet_sock_set_state`), smoothed RTT
-//! (`tcp:tcp_probe`), retransmits and resets, aggregated in the kernel per
+//! (`tcp_probe`, as a BTF tracepoint), retransmits and resets, aggregated in the kernel per
 //! endpoint row (see `qprof_common::tcp`). Userspace reads summaries at the
 //! end; no event per packet or per connection crosses to it.
 //!
@@ -19,7 +19,7 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use qprof_common::{
     counters::Counter,
@@ -27,11 +27,11 @@ use qprof_common::{
     tcp::{
         AddrLayout, DIR_UNKNOWN, Endpoint, FourTuple, HIST_RTT_US, IGNORED_CAPACITY,
         LISTENERS_CAPACITY, NO_FIELD, Owner, RTT_SLOTS, SEED_CAPACITY, SOCK_ADOPTED, SOCK_BASES,
-        SOCK_ESTABLISHED, SOCK_PROBED, SOCK_RECEIVED, SOCKS_CAPACITY, SockInfo,
+        SOCK_ESTABLISHED, SOCK_PROBED, SOCK_RECEIVED, SOCKS_CAPACITY, SockInfo, SockLayout,
         TARGET_PIDS_CAPACITY, TcpConfig,
     },
 };
-use record::{read, skaddr, tuple};
+use record::{read, skaddr, sock_tuple, tuple};
 use rows::{endpoint, hist_add, with_stats};
 
 use crate::counters::bump;
@@ -123,22 +123,19 @@ pub fn on_set_state(ctx: &TracePointContext) {
     }
 }
 
-/// The row of a socket we do not track: with the owner the agent found for
-/// its 4-tuple, else (host-wide only) owner 0. With `--pid`, sockets of
-/// other processes are remembered in `TCP_IGNORED` so their next packets
-/// cost one lookup.
+/// With `--pid`, sockets of other processes are remembered in
+/// `TCP_IGNORED` so that their next packets cost one lookup.
 #[inline(always)]
-fn untracked_row(
-    ctx: &TracePointContext,
-    cfg: &TcpConfig,
-    layout: &AddrLayout,
-    sk: u64,
-) -> Result<Option<Endpoint>, i32> {
+fn ignored(cfg: &TcpConfig, sk: u64) -> bool {
     // SAFETY: presence check only.
-    if filtering(cfg) && unsafe { TCP_IGNORED.get(sk) }.is_some() {
-        return Ok(None);
-    }
-    let t = tuple(ctx, layout)?;
+    filtering(cfg) && unsafe { TCP_IGNORED.get(sk) }.is_some()
+}
+
+/// The row of a socket we do not track: with the owner the agent found for
+/// its 4-tuple, else (host-wide only) owner 0. With `--pid`, a socket of
+/// another process is added to `TCP_IGNORED` and has no row.
+#[inline(always)]
+fn untracked_row(cfg: &TcpConfig, t: &FourTuple, sk: u64) -> Option<Endpoint> {
     // SAFETY: the seed is written by the agent before the programs attach
     // and never changes afterwards; copied out at once.
     let (pid, direction, comm) = match unsafe { TCP_SEED.get(t) } {
@@ -147,11 +144,11 @@ fn untracked_row(
             if sk != 0 {
                 let _ = TCP_IGNORED.insert(sk, 1, 0);
             }
-            return Ok(None);
+            return None;
         }
         None => (0, DIR_UNKNOWN, [0; 16]),
     };
-    Ok(Some(endpoint(cfg, &t, pid, direction, comm)))
+    Some(endpoint(cfg, t, pid, direction, comm))
 }
 
 /// The row to count a socket's event against, tracked or not.
@@ -168,26 +165,32 @@ fn row_of(
         // SAFETY: read-only copy of a live entry (see `connected`).
         return Ok(Some(unsafe { (*ptr).endpoint }));
     }
-    untracked_row(ctx, cfg, layout, sk)
+    if ignored(cfg, sk) {
+        return Ok(None);
+    }
+    let t = tuple(ctx, layout)?;
+    Ok(untracked_row(cfg, &t, sk))
 }
 
-/// `tcp:tcp_probe`: runs for every segment received in ESTABLISHED, so it
-/// is the hot path: one copy of the record, one hash lookup, and a
-/// histogram update only when the socket's RTT bucket changes.
+/// `tcp_probe(struct sock *sk, const struct sk_buff *skb)` (BTF
+/// tracepoint): runs for every segment received in ESTABLISHED, so it is
+/// the hot path: one hash lookup, a few field reads, and a histogram update
+/// only when the socket's RTT bucket changes.
 #[inline(always)]
-pub fn on_probe(ctx: &TracePointContext) {
+pub fn on_probe(ctx: &BtfTracePointContext) {
     let Some(cfg) = config() else { return };
-    if try_probe(ctx, cfg).is_err() {
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    if try_probe(cfg, sk, skb).is_err() {
         bump(Counter::TcpReadError);
     }
 }
 
-fn try_probe(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
-    let rec = record::copy_probe(ctx, cfg)?;
-    let sk: u64 = record::field(rec, cfg.probe.skaddr)?;
+fn try_probe(cfg: &TcpConfig, sk: u64, skb: u64) -> Result<(), i32> {
+    let layout = &cfg.sock;
     let ptr = match sock_ptr(sk) {
         Some(ptr) => ptr,
-        None => match adopt(ctx, cfg, sk)? {
+        None => match adopt(cfg, sk)? {
             Some(ptr) => ptr,
             None => return Ok(()),
         },
@@ -195,11 +198,12 @@ fn try_probe(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
     // SAFETY: as in `connected` (tcp_rcv_established runs under the socket
     // lock, in softirq or from the owner's backlog).
     let info = unsafe { &mut *ptr };
-    let srtt: u32 = record::field(rec, cfg.srtt)?;
-    let snd_nxt: u32 = record::field(rec, cfg.snd_nxt)?;
+    // As the classic tracepoint's `srtt` field: microseconds.
+    let srtt: u32 = record::kernel_field::<u32>(sk, layout.srtt_us)? >> 3;
+    let snd_nxt: u32 = record::kernel_field(sk, layout.snd_nxt)?;
     if info.flags & SOCK_PROBED == 0 {
         // Everything up to snd_una was acknowledged before this first look.
-        let snd_una: u32 = record::field(rec, cfg.snd_una)?;
+        let snd_una: u32 = record::kernel_field(sk, layout.snd_una)?;
         info.bytes_sent += u64::from(snd_nxt.wrapping_sub(snd_una));
         info.flags |= SOCK_PROBED;
     } else {
@@ -208,13 +212,14 @@ fn try_probe(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<(), i32> {
     info.last_snd_nxt = snd_nxt;
     // The kernel's counter only moves with payload: a pure ACK (the bulk of
     // what a sender receives) leaves the last reading valid, so skip it.
-    let segment: u16 = record::field(rec, cfg.probe_data_len).unwrap_or(0);
-    if info.flags & SOCK_BASES != 0
-        && (segment > 0 || info.flags & SOCK_RECEIVED == 0)
-        && let Ok(received) = record::kernel_field::<u64>(sk, cfg.sock_bytes_received)
-    {
-        info.received_last = received + u64::from(segment);
-        info.flags |= SOCK_RECEIVED;
+    if info.flags & SOCK_BASES != 0 {
+        let segment = payload(skb, layout);
+        if (segment > 0 || info.flags & SOCK_RECEIVED == 0)
+            && let Ok(received) = record::kernel_field::<u64>(sk, cfg.sock_bytes_received)
+        {
+            info.received_last = received + u64::from(segment);
+            info.flags |= SOCK_RECEIVED;
+        }
     }
     if srtt == 0 {
         return Ok(()); // no RTT sample yet
@@ -256,10 +261,29 @@ fn flush_rtt(info: &mut SockInfo) {
     }
 }
 
+/// Payload bytes of the segment being received (the probe fires before it
+/// is processed, so the socket's counter does not include them yet):
+/// `end_seq - seq` of its control block, less the FIN and SYN that each
+/// take one sequence number. 0 when unreadable.
+#[inline(always)]
+fn payload(skb: u64, layout: &SockLayout) -> u32 {
+    const FIN_SYN: u8 = 0x03;
+    let seq: u32 = record::kernel_field(skb, layout.cb_seq).unwrap_or(0);
+    let end_seq: u32 = record::kernel_field(skb, layout.cb_end_seq).unwrap_or(0);
+    let flags: u8 = record::kernel_field(skb, layout.cb_flags).unwrap_or(0);
+    // Spelled out: BPF has no popcount instruction.
+    let control = u32::from(flags & FIN_SYN & 1) + u32::from((flags & FIN_SYN) >> 1);
+    end_seq.wrapping_sub(seq).saturating_sub(control)
+}
+
 /// Starts tracking an established socket seen for the first time.
 #[inline(always)]
-fn adopt(ctx: &TracePointContext, cfg: &TcpConfig, sk: u64) -> Result<Option<*mut SockInfo>, i32> {
-    let Some(row) = untracked_row(ctx, cfg, &cfg.probe, sk)? else {
+fn adopt(cfg: &TcpConfig, sk: u64) -> Result<Option<*mut SockInfo>, i32> {
+    if ignored(cfg, sk) {
+        return Ok(None);
+    }
+    let t = sock_tuple(sk, &cfg.sock)?;
+    let Some(row) = untracked_row(cfg, &t, sk) else {
         return Ok(None);
     };
     let mut info = new_info(cfg, row, 0, SOCK_ADOPTED);

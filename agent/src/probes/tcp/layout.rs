@@ -1,18 +1,24 @@
 //! The TCP tracepoints' record layouts, from their tracefs format files, as
 //! the `TcpConfig` the BPF programs read their offsets from.
 
-use qprof_common::tcp::{AddrLayout, NO_FIELD, PROBE_SPAN_MAX, TcpConfig};
+use qprof_common::tcp::{AddrLayout, NO_FIELD, SockLayout, TcpConfig};
 
+use super::btf::{Btf, BtfError};
 use crate::probes::tracefs::{FormatError, TracepointFormat};
 
-/// (program name in the BPF object, tracepoint category, tracepoint name).
-pub const TRACEPOINTS: [(&str, &str, &str); 5] = [
+/// (program name in the BPF object, tracepoint category, tracepoint name)
+/// of the classic tracepoints, whose records are laid out by format files.
+pub const TRACEPOINTS: [(&str, &str, &str); 4] = [
     ("tcp_set_state", "sock", "inet_sock_set_state"),
-    ("tcp_probe", "tcp", "tcp_probe"),
     ("tcp_retransmit", "tcp", "tcp_retransmit_skb"),
     ("tcp_send_reset", "tcp", "tcp_send_reset"),
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
 ];
+
+/// The per-segment program, on the BTF tracepoint `tcp_probe` (see
+/// `SockLayout` for why not the classic one).
+pub const PROBE_PROGRAM: &str = "tcp_probe";
+pub const PROBE_TRACEPOINT: &str = "tcp_probe";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -35,6 +41,10 @@ pub enum LayoutError {
         field: &'static str,
         offset: u32,
     },
+    #[error("reading the kernel's BTF for the tcp_probe program: {0}")]
+    Btf(#[from] BtfError),
+    #[error("the kernel's BTF has no {0} (tcp_probe reads it from the socket); unsupported kernel layout")]
+    Member(&'static str),
 }
 
 /// One loaded format plus its display name, for error messages.
@@ -126,18 +136,11 @@ pub struct KernelOffsets {
 }
 
 impl KernelOffsets {
-    /// Reads the running kernel's BTF. Every field is optional: without
+    /// From the running kernel's BTF. Every field is optional: without
     /// them bytes received are unknown and a retransmitted GSO packet counts
     /// as one segment.
     #[must_use]
-    pub fn kernel() -> Self {
-        let Ok(btf) = super::btf::Btf::kernel() else {
-            return Self {
-                bytes_received: NO_FIELD,
-                bytes_acked: NO_FIELD,
-                gso_segs: NO_FIELD,
-            };
-        };
+    pub fn from_btf(btf: &Btf) -> Self {
         let small = |v: Option<u32>| v.and_then(|v| u16::try_from(v).ok()).unwrap_or(NO_FIELD);
         let gso = match (
             btf.member_offset("sk_buff", "cb"),
@@ -154,44 +157,49 @@ impl KernelOffsets {
     }
 }
 
-/// Reads the five format files. The error names the tracepoint (and the
+/// Where `tcp_probe` finds its fields, from BTF; every one is required.
+/// `sock_common` members sit inside anonymous unions, which `member_offset`
+/// looks through; `struct sock` begins with its `sock_common`.
+pub fn sock_layout(btf: &Btf) -> Result<SockLayout, LayoutError> {
+    let get = |strukt: &str, member: &str, name: &'static str| {
+        btf.member_offset(strukt, member)
+            .and_then(|v| u16::try_from(v).ok())
+            .filter(|&v| v != NO_FIELD)
+            .ok_or(LayoutError::Member(name))
+    };
+    let common = |member: &str, name: &'static str| get("sock_common", member, name);
+    let cb = get("sk_buff", "cb", "sk_buff.cb")?;
+    let in_cb = |member: &str, name: &'static str| get("tcp_skb_cb", member, name).map(|o| cb + o);
+    Ok(SockLayout {
+        family: common("skc_family", "sock_common.skc_family")?,
+        num: common("skc_num", "sock_common.skc_num")?,
+        dport: common("skc_dport", "sock_common.skc_dport")?,
+        rcv_saddr: common("skc_rcv_saddr", "sock_common.skc_rcv_saddr")?,
+        daddr: common("skc_daddr", "sock_common.skc_daddr")?,
+        v6_rcv_saddr: common("skc_v6_rcv_saddr", "sock_common.skc_v6_rcv_saddr")?,
+        v6_daddr: common("skc_v6_daddr", "sock_common.skc_v6_daddr")?,
+        srtt_us: get("tcp_sock", "srtt_us", "tcp_sock.srtt_us")?,
+        snd_nxt: get("tcp_sock", "snd_nxt", "tcp_sock.snd_nxt")?,
+        snd_una: get("tcp_sock", "snd_una", "tcp_sock.snd_una")?,
+        cb_seq: in_cb("seq", "tcp_skb_cb.seq")?,
+        cb_end_seq: in_cb("end_seq", "tcp_skb_cb.end_seq")?,
+        cb_flags: in_cb("tcp_flags", "tcp_skb_cb.tcp_flags")?,
+        pad: 0,
+    })
+}
+
+/// Reads the four format files. The error names the tracepoint (and the
 /// field) that is missing or laid out unexpectedly.
 pub fn load(
     filter_by_pid: bool,
     ephemeral: (u16, u16),
     kernel: KernelOffsets,
+    sock: SockLayout,
 ) -> Result<TcpConfig, LayoutError> {
     let set_state = Format::load("sock", "inet_sock_set_state")?;
-    let probe = Format::load("tcp", "tcp_probe")?;
     let retransmit = Format::load("tcp", "tcp_retransmit_skb")?;
     let send_reset = Format::load("tcp", "tcp_send_reset")?;
     let receive_reset = Format::load("tcp", "tcp_receive_reset")?;
-    let probe_addrs = probe.addrs()?;
-    let (srtt, snd_nxt, snd_una, data_len) = (
-        probe.field("srtt", &[4])?,
-        probe.field("snd_nxt", &[4])?,
-        probe.field("snd_una", &[4])?,
-        probe.field("data_len", &[2])?,
-    );
-    // The BPF side copies this much of each tcp_probe record in one go.
-    let span = [
-        (probe_addrs.skaddr, 8),
-        (srtt, 4),
-        (snd_nxt, 4),
-        (snd_una, 4),
-        (data_len, 2),
-    ]
-    .iter()
-    .map(|&(offset, size)| usize::from(offset) + size)
-    .max()
-    .unwrap_or(0);
-    if span > PROBE_SPAN_MAX {
-        return Err(LayoutError::Offset {
-            tracepoint: probe.name.clone(),
-            field: "skaddr/srtt/snd_nxt/snd_una/data_len",
-            offset: span as u32,
-        });
-    }
     Ok(TcpConfig {
         filter_by_pid: u32::from(filter_by_pid),
         ephemeral_low: ephemeral.0,
@@ -201,11 +209,7 @@ pub fn load(
         newstate: set_state.field("newstate", &[4])?,
         protocol: set_state.field("protocol", &[2])?,
         pad0: 0,
-        probe: probe_addrs,
-        srtt,
-        probe_span: span as u16,
-        snd_nxt,
-        snd_una,
+        sock,
         retransmit: retransmit.addrs()?,
         retransmit_skbaddr: retransmit.field("skbaddr", &[8])?,
         retransmit_err: retransmit.optional("err", 4)?,
@@ -214,7 +218,7 @@ pub fn load(
         sock_bytes_received: kernel.bytes_received,
         sock_bytes_acked: kernel.bytes_acked,
         skb_gso_segs: kernel.gso_segs,
-        probe_data_len: data_len,
+        pad1: 0,
     })
 }
 
@@ -248,8 +252,8 @@ mod tests {
         );
     }
 
-    /// On a kernel whose tracefs is mounted, the five formats load and
-    /// every offset the BPF side needs is present and inside the record.
+    /// On a kernel whose tracefs is mounted, the four formats and the
+    /// socket layout load and every offset the BPF side needs is present.
     #[test]
     fn running_kernel_layouts_load() {
         if !std::path::Path::new(crate::probes::preflight::TRACEFS)
@@ -263,19 +267,18 @@ mod tests {
             bytes_acked: NO_FIELD,
             gso_segs: NO_FIELD,
         };
-        let cfg = load(false, (32_768, 60_999), none).unwrap_or_else(|e| panic!("{e}"));
-        for layout in [
-            cfg.set_state,
-            cfg.probe,
-            cfg.retransmit,
-            cfg.send_reset,
-            cfg.receive_reset,
-        ] {
+        let btf = Btf::kernel().unwrap_or_else(|e| panic!("{e}"));
+        let sock = sock_layout(&btf).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = load(false, (32_768, 60_999), none, sock).unwrap_or_else(|e| panic!("{e}"));
+        for layout in [cfg.set_state, cfg.retransmit, cfg.send_reset, cfg.receive_reset] {
             assert_ne!(layout.skaddr, NO_FIELD);
             assert_ne!(layout.saddr, NO_FIELD);
         }
-        assert_eq!(cfg.probe.sockaddr, 1, "6.x tcp_probe stores sockaddrs");
-        assert!(usize::from(cfg.probe_span) <= PROBE_SPAN_MAX && cfg.probe_span > cfg.srtt);
+        // The IPv4 pair, then the port pair, open sock_common; the control
+        // block's seq and end_seq are adjacent u32s.
+        assert!(sock.rcv_saddr == sock.daddr + 4 && sock.num == sock.dport + 2, "{sock:?}");
+        assert_eq!(sock.cb_end_seq, sock.cb_seq + 4, "{sock:?}");
+        assert!(sock.srtt_us > sock.v6_daddr, "tcp_sock extends sock: {sock:?}");
         assert_eq!(cfg.filter_by_pid, 0);
     }
 }

@@ -1,21 +1,10 @@
 //! Reading TCP tracepoint records at the offsets the agent found in the
 //! tracepoints' format files (Rust BPF has no CO-RE, and the layouts moved
-//! between kernel versions: `tcp_retransmit_skb` gained `err` in 6.10).
+//! between kernel versions: `tcp_retransmit_skb` gained `err` in 6.10), and
+//! kernel structs at offsets it found in BTF.
 
-use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{bpf_probe_read_kernel, generated},
-    macros::map,
-    maps::PerCpuArray,
-    programs::TracePointContext,
-};
-use qprof_common::tcp::{AF_INET6, AddrLayout, FourTuple, NO_FIELD, PROBE_SPAN_MAX, TcpConfig};
-
-/// This CPU's copy of the current `tcp_probe` record. Tracepoint programs
-/// do not nest on one CPU (the kernel's `bpf_prog_active` guard), so one
-/// slot per CPU is never in use twice.
-#[map(name = "TCP_SCRATCH")]
-static TCP_SCRATCH: PerCpuArray<[u8; PROBE_SPAN_MAX]> = PerCpuArray::with_max_entries(1, 0);
+use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TracePointContext};
+use qprof_common::tcp::{AF_INET6, AddrLayout, FourTuple, NO_FIELD, SockLayout};
 
 /// `-EINVAL`, returned for a field the tracepoint does not have.
 const EINVAL: i32 = -22;
@@ -45,39 +34,6 @@ pub fn read<T>(ctx: &TracePointContext, offset: u16) -> Result<T, i32> {
     // address as an error instead of faulting. Every `T` used here is plain
     // integers or byte arrays, valid for any bit pattern.
     unsafe { ctx.read_at::<T>(usize::from(offset)) }
-}
-
-/// Copies the first `cfg.probe_span` bytes of a `tcp_probe` record into
-/// this CPU's scratch slot: one helper call instead of one per field.
-#[inline(always)]
-pub fn copy_probe(ctx: &TracePointContext, cfg: &TcpConfig) -> Result<*const u8, i32> {
-    let len = u32::from(cfg.probe_span);
-    if len == 0 || len > PROBE_SPAN_MAX as u32 {
-        return Err(EINVAL);
-    }
-    let buf = TCP_SCRATCH.get_ptr_mut(0).ok_or(EINVAL)?;
-    // SAFETY: copies `len` bytes (bounded by the slot's size just above)
-    // from the record into this CPU's slot; the helper reports a bad source
-    // address as an error instead of faulting.
-    let rc =
-        unsafe { generated::bpf_probe_read_kernel(buf.cast(), len, ctx.as_ptr().cast_const()) };
-    if rc < 0 {
-        return Err(rc as i32);
-    }
-    Ok(buf.cast_const().cast())
-}
-
-/// A `T` at `offset` in a record copied by `copy_probe`.
-#[inline(always)]
-pub fn field<T: Copy>(rec: *const u8, offset: u16) -> Result<T, i32> {
-    let offset = usize::from(offset);
-    if offset + core::mem::size_of::<T>() > PROBE_SPAN_MAX {
-        return Err(EINVAL);
-    }
-    // SAFETY: `rec` is a `PROBE_SPAN_MAX`-byte scratch slot and the field
-    // lies inside it (checked above); unaligned read because offsets come
-    // from the format file; every `T` used is a plain integer.
-    Ok(unsafe { rec.add(offset).cast::<T>().read_unaligned() })
 }
 
 /// A `T` at `base + offset` in kernel memory (a field of a kernel struct
@@ -147,6 +103,30 @@ pub fn tuple(ctx: &TracePointContext, layout: &AddrLayout) -> Result<FourTuple, 
     } else {
         copy_v4(&mut t.local_addr, read(ctx, layout.saddr)?);
         copy_v4(&mut t.remote_addr, read(ctx, layout.daddr)?);
+    }
+    Ok(t)
+}
+
+/// A socket's connection as (local, remote), read from its `sock_common`
+/// the way the TCP tracepoints' `TP_STORE_ADDR_PORTS` fills their records
+/// (IPv6 addresses for an `AF_INET6` socket, IPv4-mapped ones included),
+/// so that tuples from either source match.
+#[inline(always)]
+pub fn sock_tuple(sk: u64, layout: &SockLayout) -> Result<FourTuple, i32> {
+    let mut t = FourTuple {
+        family: kernel_field(sk, layout.family)?,
+        local_port: kernel_field(sk, layout.num)?,
+        remote_port: u16::from_be(kernel_field(sk, layout.dport)?),
+        pad: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+    };
+    if t.family == AF_INET6 {
+        t.local_addr = kernel_field(sk, layout.v6_rcv_saddr)?;
+        t.remote_addr = kernel_field(sk, layout.v6_daddr)?;
+    } else {
+        copy_v4(&mut t.local_addr, kernel_field(sk, layout.rcv_saddr)?);
+        copy_v4(&mut t.remote_addr, kernel_field(sk, layout.daddr)?);
     }
     Ok(t)
 }
