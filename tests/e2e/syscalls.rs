@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use qprof_e2e::{
-    TempDir, assert_fails_with, build_fixture, require_root, run_qprof,
+    ChildGuard, TempDir, assert_fails_with, build_fixture, require_root, run_qprof,
     session::{Fixture, QprofRun},
 };
 use serde_json::Value;
@@ -128,11 +128,17 @@ fn thousands_of_threads_are_counted() {
     let mut fx = Fixture::start(&fixture, &["threads"]);
     let json = dir.join("threads.json");
     let pid = fx.pid.to_string();
-    let mut qprof = QprofRun::start(&[
-        "record",
-        "syscalls",
-        "--pid",
-        &pid,
+    // Nine targets: more than the BPF side compares in place, so the pid
+    // filter takes its hash-map path here (the other tests take the other).
+    let sleepers: Vec<ChildGuard> = (0..8)
+        .map(|_| ChildGuard(std::process::Command::new("sleep").arg("60").spawn().unwrap_or_else(|e| panic!("sleep: {e}"))))
+        .collect();
+    let sleeper_pids: Vec<String> = sleepers.iter().map(|c| c.pid().to_string()).collect();
+    let mut args = vec!["record", "syscalls", "--pid", pid.as_str()];
+    for p in &sleeper_pids {
+        args.extend(["--pid", p.as_str()]);
+    }
+    args.extend([
         "--syscall",
         "getppid",
         "--duration",
@@ -140,10 +146,12 @@ fn thousands_of_threads_are_counted() {
         "--json",
         json.to_str().unwrap_or_default(),
     ]);
+    let mut qprof = QprofRun::start(&args);
     fx.run_to_done();
     qprof.interrupt();
     let fin = qprof.wait();
     assert!(fin.status.success(), "qprof failed: {}", fin.stderr);
+    drop(sleepers);
     let rows = rows_for(&json, fx.pid);
     assert_eq!(rows["getppid"]["calls"], 100_000);
     assert_eq!(

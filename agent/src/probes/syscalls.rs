@@ -141,6 +141,10 @@ fn configure(ebpf: &mut Ebpf, config: &SyscallConfig) -> Result<(), ProbeError> 
             pids.insert(pid, 1, 0).map_err(map_err(MAP_TARGET_PIDS))?;
         }
         cfg.filter_pids = 1;
+        if config.pids.len() <= cfg.pids.len() {
+            cfg.pids[..config.pids.len()].copy_from_slice(&config.pids);
+            cfg.inline_pids = config.pids.len() as u32;
+        }
     }
     if !config.syscalls.is_empty() {
         let mut nrs: Array<_, u8> =

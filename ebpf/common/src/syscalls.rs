@@ -71,21 +71,30 @@ pub struct Inflight {
 }
 const _: () = assert!(core::mem::size_of::<Inflight>() == 16);
 
+/// Target pids compared in place, from `SysConfig::pids`: with `--pid`,
+/// every syscall of every other process on the host runs the filter, and a
+/// few compares cost less than a hash lookup.
+pub const INLINE_PIDS: usize = 8;
+
 /// The one entry of `SYS_CONFIG`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SysConfig {
-    /// Non-zero: only pids in `SYS_TARGET_PIDS`.
+    /// Non-zero: only the target pids (in `pids` when `inline_pids` is
+    /// non-zero, else in `SYS_TARGET_PIDS`).
     pub filter_pids: u32,
     /// Non-zero: only threads whose comm equals `comm`.
     pub filter_comm: u32,
     /// Non-zero: only syscalls whose slot in `SYS_TARGET_NRS` is non-zero.
     pub filter_nrs: u32,
-    pub pad: u32,
+    /// How many of `pids` are targets (0: more than `INLINE_PIDS` targets,
+    /// all of them in `SYS_TARGET_PIDS`).
+    pub inline_pids: u32,
     /// NUL-padded process name.
     pub comm: [u8; 16],
+    pub pids: [u32; INLINE_PIDS],
 }
-const _: () = assert!(core::mem::size_of::<SysConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<SysConfig>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {

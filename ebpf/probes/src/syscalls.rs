@@ -17,7 +17,7 @@ use qprof_common::{
     hist::bucket_of,
     syscalls::{
         COMMS_CAPACITY, ERRNOS_CAPACITY, INFLIGHT_CAPACITY, Inflight, MAX_SYSCALL_NR,
-        STATS_CAPACITY, SysConfig, SysErrKey, SysKey, SysStats, TARGET_PIDS_CAPACITY,
+        INLINE_PIDS, STATS_CAPACITY, SysConfig, SysErrKey, SysKey, SysStats, TARGET_PIDS_CAPACITY,
     },
 };
 
@@ -94,13 +94,34 @@ pub fn on_enter(ctx: &RawTracePointContext) {
     }
 }
 
+/// The pid filter, first thing on enter and on exit: with `--pid`, this is
+/// all that the rest of the host's syscalls pay for (besides the kernel's
+/// own tracepoint cost).
+#[inline(always)]
+fn pid_wanted(config: &SysConfig, pid: u32) -> bool {
+    if config.filter_pids == 0 {
+        return true;
+    }
+    if config.inline_pids == 0 {
+        // SAFETY: presence check only; the u8 value is not read.
+        return unsafe { SYS_TARGET_PIDS.get(pid) }.is_some();
+    }
+    let mut i = 0;
+    while i < INLINE_PIDS {
+        if (i as u32) < config.inline_pids && config.pids.get(i).is_some_and(|&p| p == pid) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 #[inline(always)]
 fn wanted(pid: u32, nr: u32) -> bool {
     let Some(config) = SYS_CONFIG.get(0) else {
         return true;
     };
-    // SAFETY: presence check only; the u8 value is not read.
-    if config.filter_pids != 0 && unsafe { SYS_TARGET_PIDS.get(pid) }.is_none() {
+    if !pid_wanted(config, pid) {
         return false;
     }
     if config.filter_nrs != 0 && SYS_TARGET_NRS.get(nr).copied().unwrap_or(0) == 0 {
@@ -117,8 +138,13 @@ fn wanted(pid: u32, nr: u32) -> bool {
 
 #[inline(always)]
 pub fn on_exit(ctx: &RawTracePointContext) {
-    let now = now_ns();
     let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(config) = SYS_CONFIG.get(0)
+        && !pid_wanted(config, (pid_tgid >> 32) as u32)
+    {
+        return;
+    }
+    let now = now_ns();
     let tid = pid_tgid as u32;
     let Some(slot) = SYS_INFLIGHT.get_ptr_mut(tid) else {
         return;
