@@ -19,6 +19,7 @@ use qprof_common::{
 };
 
 use super::{
+    map_err, missing_map,
     ProbeError,
     cpu_queries::QueryLabels,
     discovery::NewPidWatcher,
@@ -61,14 +62,6 @@ pub struct CpuCapture {
     pub total_samples: u64,
     /// Counters of losses, by reason, only the non-zero ones.
     pub drops: Vec<(&'static str, u64)>,
-}
-
-fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
-    move |source| ProbeError::Map { name, source }
-}
-
-fn missing_map(name: &'static str) -> ProbeError {
-    ProbeError::Missing { kind: "map", name }
 }
 
 impl CpuSampler {

@@ -8,6 +8,7 @@ use aya::{Ebpf, maps::Array};
 use qprof_common::cpu::{CONFIG_BY_QUERY, MAP_CONFIG};
 
 use super::{
+    map_mut,
     ProbeError,
     queries::{QueryError, QueryOptions, QueryTracer, events::QueryEvent},
 };
@@ -25,7 +26,7 @@ pub struct QueryLabels {
 
 impl QueryLabels {
     pub fn attach(ebpf: &mut Ebpf, pids: &[u32]) -> Result<Self, QueryError> {
-        let map = ebpf.map_mut(MAP_CONFIG).ok_or(ProbeError::Missing { kind: "map", name: MAP_CONFIG })?;
+        let map = map_mut(ebpf, MAP_CONFIG)?;
         let mut cfg: Array<_, u64> = Array::try_from(map).map_err(|source| ProbeError::Map { name: MAP_CONFIG, source })?;
         cfg.set(CONFIG_BY_QUERY, 1, 0).map_err(|source| ProbeError::Map { name: MAP_CONFIG, source })?;
         let tracer = QueryTracer::attach(ebpf, &QueryOptions { pids: pids.to_vec() })?;

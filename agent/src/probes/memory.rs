@@ -35,6 +35,7 @@ use qprof_common::{
 
 use self::allocators::{AllocatorError, AttachPoint, RETURN_PROGRAM};
 use super::{
+    map_err, missing_map,
     ProbeError,
     discovery::NewPidWatcher,
     load_object,
@@ -89,14 +90,6 @@ pub struct MemoryCapture {
     pub stats: MemoryStats,
     /// Loss counters, by reason, only the non-zero ones.
     pub drops: Vec<(&'static str, u64)>,
-}
-
-fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
-    move |source| ProbeError::Map { name, source }
-}
-
-fn missing_map(name: &'static str) -> ProbeError {
-    ProbeError::Missing { kind: "map", name }
 }
 
 fn program_err(name: &'static str) -> impl FnOnce(ProgramError) -> ProbeError {

@@ -56,17 +56,37 @@ pub fn load_object() -> Result<Ebpf, ProbeError> {
     Ok(Ebpf::load(PROBES_OBJECT)?)
 }
 
+/// A map error, naming the map.
+pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
+}
+
+/// A program error, naming the program.
+pub(crate) fn prog_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> ProbeError {
+    move |source| ProbeError::Program { name, source }
+}
+
+/// The object has no map `name`: agent and probes were built apart.
+pub(crate) fn missing_map(name: &'static str) -> ProbeError {
+    ProbeError::Missing { kind: "map", name }
+}
+
+pub(crate) fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, ProbeError> {
+    ebpf.map(name).ok_or_else(|| missing_map(name))
+}
+
+pub(crate) fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, ProbeError> {
+    ebpf.map_mut(name).ok_or_else(|| missing_map(name))
+}
+
 /// Non-zero loss counters, by name. The array is shared by every
 /// capability; a capture reports what its own programs counted.
 pub fn drop_counters(ebpf: &Ebpf) -> Result<Vec<(&'static str, u64)>, ProbeError> {
     let name = MAP_DROP_COUNTERS;
-    let map = ebpf.map(name).ok_or(ProbeError::Missing { kind: "map", name })?;
-    let counters: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+    let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map(ebpf, name)?).map_err(map_err(name))?;
     let mut out = Vec::new();
     for counter in Counter::ALL {
-        let values =
-            counters.get(&(counter as u32), 0).map_err(|source| ProbeError::Map { name, source })?;
+        let values = counters.get(&(counter as u32), 0).map_err(map_err(name))?;
         let sum: u64 = values.iter().sum();
         if sum > 0 {
             out.push((counter.name(), sum));

@@ -19,6 +19,7 @@ use qprof_common::{
 };
 
 use super::{
+    map, map_err, map_mut, missing_map, prog_err,
     ProbeError,
     cpu::comm_string,
     cpu_queries::QueryLabels,
@@ -74,14 +75,6 @@ pub enum OffcpuError {
     Queries(#[from] super::queries::QueryError),
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
-    move |source| ProbeError::Map { name, source }
-}
-
-fn prog_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> ProbeError {
-    move |source| ProbeError::Program { name, source }
-}
-
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut BtfTracePoint, ProbeError> {
     ebpf.program_mut(name)
         .ok_or(ProbeError::Missing { kind: "program", name })?
@@ -99,7 +92,7 @@ impl OffcpuProfiler {
         };
         let mut ebpf = load_object()?;
         {
-            let map = ebpf.map_mut(MAP_CONFIG).ok_or(ProbeError::Missing { kind: "map", name: MAP_CONFIG })?;
+            let map = map_mut(&mut ebpf, MAP_CONFIG)?;
             let mut array: Array<_, OffcpuConfig> = Array::try_from(map).map_err(map_err(MAP_CONFIG))?;
             array.set(0, config, 0).map_err(map_err(MAP_CONFIG))?;
         }
@@ -133,7 +126,7 @@ impl OffcpuProfiler {
 
     /// (tid, start, ns) for each traced thread still off the CPU now.
     fn still_blocked(&self) -> Result<Vec<(u32, OffcpuStart, u64)>, ProbeError> {
-        let map = self.ebpf.map(MAP_START).ok_or(ProbeError::Missing { kind: "map", name: MAP_START })?;
+        let map = map(&self.ebpf, MAP_START)?;
         // An LRU hash reads like a hash from userspace.
         let starts: HashMap<_, u32, OffcpuStart> = HashMap::try_from(map).map_err(map_err(MAP_START))?;
         let now = monotonic_ns();
@@ -164,11 +157,9 @@ impl OffcpuProfiler {
         let still_blocked = self.still_blocked()?;
         let kallsyms = Kallsyms::load();
         let traces_map = self
-            .ebpf
-            .take_map(MAP_STACK_TRACES)
-            .ok_or(ProbeError::Missing { kind: "map", name: MAP_STACK_TRACES })?;
+            .ebpf.take_map(MAP_STACK_TRACES).ok_or_else(|| missing_map(MAP_STACK_TRACES))?;
         let source = FramePointerStacks::new(StackTraceMap::try_from(traces_map).map_err(map_err(MAP_STACK_TRACES))?);
-        let counts_map = self.ebpf.map(MAP_COUNTS).ok_or(ProbeError::Missing { kind: "map", name: MAP_COUNTS })?;
+        let counts_map = map(&self.ebpf, MAP_COUNTS)?;
         let counts: PerCpuHashMap<_, OffcpuKey, OffcpuValue> =
             PerCpuHashMap::try_from(counts_map).map_err(map_err(MAP_COUNTS))?;
         let mut stacks = StackCounts::default();

@@ -13,7 +13,8 @@ use qprof_common::{
     },
 };
 
-use super::{ProbeError, cpu::comm_string, load_object};
+use super::{
+    map_err, prog_err, map_mut, map,ProbeError, cpu::comm_string, load_object};
 use crate::aggregate::syscalls::SyscallTable;
 
 const PROGRAMS: [(&str, &str); 2] = [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")];
@@ -30,27 +31,6 @@ pub struct SyscallConfig {
 pub struct SyscallTracer {
     ebpf: Ebpf,
     links: Vec<(&'static str, RawTracePointLinkId)>,
-}
-
-fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
-    move |source| ProbeError::Map { name, source }
-}
-
-fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError {
-    move |source| ProbeError::Program { name, source }
-}
-
-fn map_mut<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut aya::maps::Map, ProbeError> {
-    ebpf.map_mut(name)
-        .ok_or(ProbeError::Missing { kind: "map", name })
-}
-
-fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, ProbeError> {
-    ebpf.map(name)
-        .ok_or(ProbeError::Missing { kind: "map", name })
 }
 
 impl SyscallTracer {

@@ -25,7 +25,8 @@ use qprof_common::{
 };
 
 pub use self::layout::{LayoutError, PROBE_PROGRAM, PROBE_TRACEPOINT, TRACEPOINTS};
-use super::{ProbeError, cpu::comm_string, load_object};
+use super::{
+    map_err, map_mut, map,ProbeError, cpu::comm_string, load_object};
 use crate::aggregate::tcp::{Addr, Counts, Direction, HistKind, Peer, TcpTable};
 
 /// What can go wrong starting or reading the TCP tracer.
@@ -61,23 +62,6 @@ pub struct TcpTracer {
     probe_link: Option<BtfTracePointLinkId>,
     /// Pre-existing connections or listeners the seed maps could not hold.
     seed_dropped: u64,
-}
-
-fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
-    move |source| ProbeError::Map { name, source }
-}
-
-fn map_mut<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut aya::maps::Map, ProbeError> {
-    ebpf.map_mut(name)
-        .ok_or(ProbeError::Missing { kind: "map", name })
-}
-
-fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, ProbeError> {
-    ebpf.map(name)
-        .ok_or(ProbeError::Missing { kind: "map", name })
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut TracePoint, TcpError> {

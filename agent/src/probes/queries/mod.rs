@@ -23,7 +23,7 @@ use self::{
     events::{QueryEvent, decode},
     libpq::PgProbes,
 };
-use super::{ProbeError, load_object, query_sqlite::SqliteProbes, tracefs::TracepointFormat};
+use super::{ProbeError, load_object, map_mut, missing_map, query_sqlite::SqliteProbes, tracefs::TracepointFormat};
 
 /// Syscall tracepoints that complete libpq queries: (program, event).
 const PQ_TRACEPOINTS: [(&str, &str); 3] = [
@@ -85,7 +85,7 @@ impl QueryTracer {
             tp.load().map_err(|source| ProbeError::Program { name: program, source })?;
             tp.attach("syscalls", event).map_err(|source| ProbeError::Program { name: program, source })?;
         }
-        let map = ebpf.take_map(MAP_EVENTS).ok_or(ProbeError::Missing { kind: "map", name: MAP_EVENTS })?;
+        let map = ebpf.take_map(MAP_EVENTS).ok_or_else(|| missing_map(MAP_EVENTS))?;
         let events = RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: MAP_EVENTS, source })?;
         let sqlite = SqliteProbes::attach(ebpf, &options.pids)?;
         let mut tracer = Self {
@@ -151,12 +151,12 @@ impl QueryTracer {
 
 fn configure(ebpf: &mut Ebpf, options: &QueryOptions) -> Result<(), QueryError> {
     let config = QueryConfig { filter_pids: u32::from(!options.pids.is_empty()), pad: 0 };
-    let map = ebpf.map_mut(MAP_CONFIG).ok_or(ProbeError::Missing { kind: "map", name: MAP_CONFIG })?;
+    let map = map_mut(ebpf, MAP_CONFIG)?;
     let mut array: Array<_, QueryConfig> =
         Array::try_from(map).map_err(|source| ProbeError::Map { name: MAP_CONFIG, source })?;
     array.set(0, config, 0).map_err(|source| ProbeError::Map { name: MAP_CONFIG, source })?;
     if !options.pids.is_empty() {
-        let map = ebpf.map_mut(MAP_TARGET_PIDS).ok_or(ProbeError::Missing { kind: "map", name: MAP_TARGET_PIDS })?;
+        let map = map_mut(ebpf, MAP_TARGET_PIDS)?;
         let mut targets: HashMap<_, u32, u8> =
             HashMap::try_from(map).map_err(|source| ProbeError::Map { name: MAP_TARGET_PIDS, source })?;
         for pid in &options.pids {
@@ -172,7 +172,7 @@ fn configure(ebpf: &mut Ebpf, options: &QueryOptions) -> Result<(), QueryError> 
         off_recvfrom_buf: recv.field("ubuf")?.offset,
         off_exit_ret: recv_exit.field("ret")?.offset,
     };
-    let map = ebpf.map_mut(PQ_MAP_CONFIG).ok_or(ProbeError::Missing { kind: "map", name: PQ_MAP_CONFIG })?;
+    let map = map_mut(ebpf, PQ_MAP_CONFIG)?;
     let mut array: Array<_, PqConfig> =
         Array::try_from(map).map_err(|source| ProbeError::Map { name: PQ_MAP_CONFIG, source })?;
     array.set(0, pq, 0).map_err(|source| ProbeError::Map { name: PQ_MAP_CONFIG, source })?;
