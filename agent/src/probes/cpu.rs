@@ -3,7 +3,7 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, StackTraceMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{
         PerfEvent,
         perf_event::{
@@ -13,7 +13,7 @@ use aya::{
 };
 use qprof_common::{
     cpu::{
-        CONFIG_FILTER_BY_PID, MAP_CONFIG, MAP_SAMPLE_TOTAL, MAP_STACK_COUNTS, MAP_STACK_TRACES,
+        CONFIG_FILTER_BY_PID, MAP_CONFIG, MAP_SAMPLE_TOTAL, MAP_STACK_COUNTS,
         MAP_TARGET_PIDS, StackKey,
     },
 };
@@ -166,13 +166,7 @@ impl CpuSampler {
     }
 
     fn read_stacks(&mut self) -> Result<StackCounts, ProbeError> {
-        let traces = StackTraceMap::try_from(
-            self.ebpf
-                .take_map(MAP_STACK_TRACES)
-                .ok_or_else(|| missing_map(MAP_STACK_TRACES))?,
-        )
-        .map_err(map_err(MAP_STACK_TRACES))?;
-        let source = FramePointerStacks::new(traces);
+        let source = FramePointerStacks::take(&mut self.ebpf)?;
         let counts: PerCpuHashMap<_, StackKey, u64> = PerCpuHashMap::try_from(
             self.ebpf
                 .map(MAP_STACK_COUNTS)

@@ -19,14 +19,13 @@ use std::num::NonZeroU32;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, StackTraceMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{
         ProgramError, UProbe,
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
 use qprof_common::{
-    cpu::MAP_STACK_TRACES,
     memory::{
         AllocCounts, AllocKey, INTERVAL_SLOTS, LiveKey, MAP_ALLOCS, MAP_INTERVALS, MAP_LIVE,
         MAP_STATS, Stat,
@@ -259,13 +258,7 @@ impl MemoryProfiler {
     }
 
     fn read_stacks(&mut self) -> Result<StackCounts, ProbeError> {
-        let traces = StackTraceMap::try_from(
-            self.ebpf
-                .take_map(MAP_STACK_TRACES)
-                .ok_or_else(|| missing_map(MAP_STACK_TRACES))?,
-        )
-        .map_err(map_err(MAP_STACK_TRACES))?;
-        let source = FramePointerStacks::new(traces);
+        let source = FramePointerStacks::take(&mut self.ebpf)?;
         let counts: PerCpuHashMap<_, AllocKey, AllocCounts> = PerCpuHashMap::try_from(
             self.ebpf
                 .map(MAP_ALLOCS)

@@ -7,11 +7,10 @@ mod still_blocked;
 
 use aya::{
     Btf, Ebpf,
-    maps::{Array, HashMap, PerCpuHashMap, StackTraceMap},
+    maps::{Array, HashMap, PerCpuHashMap},
     programs::{BtfTracePoint, tp_btf::BtfTracePointLinkId},
 };
 use qprof_common::{
-    cpu::MAP_STACK_TRACES,
     offcpu::{
         MAP_CONFIG, MAP_COUNTS, MAP_START, MAP_TARGET_PIDS, OffcpuConfig, OffcpuKey, OffcpuStart,
         OffcpuValue,
@@ -19,7 +18,7 @@ use qprof_common::{
 };
 
 use super::{
-    map, map_err, map_mut, missing_map, prog_err,
+    map, map_err, map_mut, prog_err,
     ProbeError,
     cpu::comm_string,
     cpu_queries::QueryLabels,
@@ -156,9 +155,7 @@ impl OffcpuProfiler {
         }
         let still_blocked = self.still_blocked()?;
         let kallsyms = Kallsyms::load();
-        let traces_map = self
-            .ebpf.take_map(MAP_STACK_TRACES).ok_or_else(|| missing_map(MAP_STACK_TRACES))?;
-        let source = FramePointerStacks::new(StackTraceMap::try_from(traces_map).map_err(map_err(MAP_STACK_TRACES))?);
+        let source = FramePointerStacks::take(&mut self.ebpf)?;
         let counts_map = map(&self.ebpf, MAP_COUNTS)?;
         let counts: PerCpuHashMap<_, OffcpuKey, OffcpuValue> =
             PerCpuHashMap::try_from(counts_map).map_err(map_err(MAP_COUNTS))?;

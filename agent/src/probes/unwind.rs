@@ -6,10 +6,13 @@
 //! it will implement [`StackSource`] too, so aggregation and symbolization
 //! do not change when it arrives.
 
-use aya::maps::{MapData, StackTraceMap};
-use qprof_common::cpu::NO_STACK;
+use aya::{
+    Ebpf,
+    maps::{MapData, StackTraceMap},
+};
+use qprof_common::cpu::{MAP_STACK_TRACES, NO_STACK};
 
-use super::ProbeError;
+use super::{ProbeError, map_err, missing_map};
 
 /// Turns a stack id recorded with a sample into instruction pointers,
 /// leaf first.
@@ -23,9 +26,11 @@ pub struct FramePointerStacks {
 }
 
 impl FramePointerStacks {
-    #[must_use]
-    pub fn new(map: StackTraceMap<MapData>) -> Self {
-        Self { map }
+    /// Takes the stack-trace map (shared by every stack-walking program)
+    /// out of the object, once the programs that fill it are detached.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        let map = ebpf.take_map(MAP_STACK_TRACES).ok_or_else(|| missing_map(MAP_STACK_TRACES))?;
+        Ok(Self { map: StackTraceMap::try_from(map).map_err(map_err(MAP_STACK_TRACES))? })
     }
 }
 
@@ -37,10 +42,7 @@ impl StackSource for FramePointerStacks {
         let trace = self
             .map
             .get(&(stack_id as u32), 0)
-            .map_err(|source| ProbeError::Map {
-                name: "CPU_STACK_TRACES",
-                source,
-            })?;
+            .map_err(map_err(MAP_STACK_TRACES))?;
         Ok(trace
             .frames()
             .iter()
