@@ -83,7 +83,10 @@ fn thread_still_blocked_at_the_end_has_stacks() {
     let forever = flat.get("wait_forever").copied().unwrap_or(0.0);
     assert!((1.5..=3.5).contains(&forever), "wait_forever blocked {forever} s of a 3 s capture: {flat:?}");
     assert!(flat.get("main").copied().unwrap_or(0.0) >= forever, "its caller main: {flat:?}");
-    assert!(flat.contains_key("hrtimer_nanosleep"), "its kernel frames: {flat:?}");
+    // From /proc, not from the BPF walk: the wait_short blocks walked in
+    // the kernel add up to far less.
+    let kernel = flat.get("hrtimer_nanosleep").copied().unwrap_or(0.0);
+    assert!(kernel >= 0.9 * forever, "its kernel frames: hrtimer_nanosleep {kernel} s: {flat:?}");
 }
 
 /// Bad values for off-CPU options give clear errors.

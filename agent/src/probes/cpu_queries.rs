@@ -4,11 +4,17 @@
 
 use std::collections::HashMap;
 
-use aya::{Ebpf, maps::Array};
-use qprof_common::cpu::{CONFIG_BY_QUERY, MAP_CONFIG};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap},
+};
+use qprof_common::{
+    cpu::{CONFIG_BY_QUERY, MAP_CONFIG},
+    queries::{ActiveQuery, MAP_ACTIVE},
+};
 
 use super::{
-    map_mut,
+    map, map_mut,
     ProbeError,
     queries::{QueryError, QueryOptions, QueryTracer, events::QueryEvent},
 };
@@ -47,6 +53,18 @@ impl QueryLabels {
                 fingerprints.entry(text_id).or_insert_with(|| id_hex(normalize_captured(&bytes, truncated).id));
             }
         });
+    }
+
+    /// The text id of the query thread `tid` is inside now, 0 if none (for
+    /// threads whose block has not ended, which the kernel side never saw
+    /// come back).
+    #[must_use]
+    pub fn active(ebpf: &Ebpf, tid: u32) -> u64 {
+        map(ebpf, MAP_ACTIVE)
+            .ok()
+            .and_then(|m| BpfHashMap::<_, u32, ActiveQuery>::try_from(m).ok())
+            .and_then(|m| m.get(&tid, 0).ok())
+            .map_or(0, |q| q.text_id)
     }
 
     /// The `query` label of a sample taken inside query `text_id`.

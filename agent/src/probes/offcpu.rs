@@ -43,7 +43,7 @@ pub struct OffcpuOptions {
     pub by_query: bool,
 }
 
-/// A running off-CPU capture; dropping it detaches the program.
+/// A running off-CPU capture; dropping it detaches the programs.
 pub struct OffcpuProfiler {
     ebpf: Ebpf,
     links: Vec<(&'static str, BtfTracePointLinkId)>,
@@ -150,8 +150,13 @@ impl OffcpuProfiler {
     /// at the end count up to now (a thread asleep for the whole capture is
     /// the most blocked of all, not absent).
     pub fn finish(mut self) -> Result<OffcpuCapture, ProbeError> {
-        for (name, link) in std::mem::take(&mut self.links) {
+        // Start first: a thread that came back between the two detaches
+        // would otherwise keep a start and look blocked until now.
+        for (name, link) in std::mem::take(&mut self.links).into_iter().rev() {
             program(&mut self.ebpf, name)?.detach(link).map_err(prog_err(name))?;
+        }
+        if let Some(q) = self.queries.as_mut() {
+            q.poll(&mut self.ebpf); // texts of queries still running
         }
         let still_blocked = self.still_blocked()?;
         let kallsyms = Kallsyms::load();
@@ -178,8 +183,13 @@ impl OffcpuProfiler {
                 labels: self.labels(key.state, key.query_id),
             });
         }
+        let mut unreadable = 0;
         for (tid, start, ns) in still_blocked {
             let thread = still_blocked::read(&kallsyms, start.pid, tid, (start.user_ip, start.user_bp));
+            if thread.user.is_empty() && thread.kernel.is_empty() {
+                unreadable += 1; // gone, or no CAP_SYS_PTRACE / kallsyms
+            }
+            let query_id = if self.queries.is_some() { QueryLabels::active(&self.ebpf, tid) } else { 0 };
             stacks.add(RawStack {
                 pid: start.pid,
                 tid,
@@ -187,10 +197,13 @@ impl OffcpuProfiler {
                 user: thread.user,
                 kernel: thread.kernel,
                 values: vec![1, ns as i64],
-                labels: self.labels(start.state, 0),
+                labels: self.labels(start.state, query_id),
             });
         }
         let mut drops = drop_counters(&self.ebpf)?;
+        if unreadable > 0 {
+            drops.push(("still_blocked_without_stacks", unreadable));
+        }
         if self.watcher.maps.dropped > 0 {
             drops.push(("process_table_full", self.watcher.maps.dropped));
         }

@@ -59,7 +59,7 @@ const _: () = assert!(core::mem::size_of::<OffcpuValue>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct OffcpuStart {
-    /// 0 once consumed by the switch-in.
+    /// 0 once consumed when the thread came back (`sched_exit_tp`).
     pub start_ns: u64,
     pub pid: u32,
     /// As in [`OffcpuKey::state`].

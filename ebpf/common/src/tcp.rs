@@ -1,5 +1,5 @@
 //! TCP: the ABI of the connection tracker (`sock:inet_sock_set_state`) and
-//! of the per-endpoint aggregates fed by `tcp:tcp_probe`,
+//! of the per-endpoint aggregates fed by `tcp_probe` (a BTF tracepoint),
 //! `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`.
 //!
 //! Everything is aggregated in the kernel per *endpoint row*: (owning

@@ -38,9 +38,11 @@ static OFFCPU_TARGET_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(TARGET_P
 
 /// `TASK_DEAD` in the raw `__state`: the task's last switch-out.
 const TASK_DEAD: u64 = 0x80;
-/// `TASK_IDLE` (`TASK_UNINTERRUPTIBLE | TASK_NOLOAD`), compared whole.
+/// `TASK_IDLE` (`TASK_UNINTERRUPTIBLE | TASK_NOLOAD`), both bits set.
 const TASK_IDLE: u64 = 0x402;
+/// Reported as uninterruptible ("disk"), as the kernel does.
 const TASK_RTLOCK_WAIT: u64 = 0x1000;
+const TASK_FROZEN: u64 = 0x8000;
 /// The kernel's `TASK_REPORT` bits.
 const TASK_REPORT: u64 = 0x7f;
 /// `struct pt_regs` on x86-64 (a kernel ABI: ptrace's `user_regs_struct`
@@ -167,11 +169,12 @@ fn reported_state(preempt: bool, raw: u64) -> u32 {
     if preempt {
         return 0x100;
     }
-    if raw == TASK_IDLE {
-        return 0x80;
-    }
-    if raw & TASK_RTLOCK_WAIT != 0 {
+    // The kernel's `__task_state_index`, in its order.
+    if raw & (TASK_RTLOCK_WAIT | TASK_FROZEN) != 0 {
         return 0x2;
+    }
+    if raw & TASK_IDLE == TASK_IDLE {
+        return 0x80;
     }
     let bits = raw & TASK_REPORT;
     // The highest set bit, as `fls` picks it.

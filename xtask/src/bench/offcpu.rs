@@ -3,10 +3,12 @@
 //! one run, interleaved: untraced vs `qprof record offcpu` host-wide.
 //! Target (issue 5): >= 0.90x the untraced switch rate.
 //!
-//! Two placements: free (the threads on two CPUs; each round trip waits
-//! for a cross-CPU wake-up, as a client and a server do) and pinned to one
-//! CPU (each round trip is two bare context switches, about 1 µs each: the
-//! worst case, where any per-switch cost shows in full).
+//! Two placements, both pinned (left free, the scheduler sometimes puts
+//! both threads on one CPU and the rate swings tenfold between runs):
+//! split over CPUs 0 and 1 (each round trip waits for two cross-CPU
+//! wake-ups, as a client and a server do) and both on CPU 0 (each round trip
+//! is two bare context switches, about 1 µs each: the worst case, where any
+//! per-switch cost shows in full).
 
 use std::{
     path::Path,
@@ -46,20 +48,20 @@ pub fn run() -> anyhow::Result<ExitCode> {
             Some(&["--min-block", "0"]),
         ),
     ];
-    for pinned in [false, true] {
-        report(&qprof, &fixture, &conditions, &scratch, pinned)?;
+    for one_cpu in [false, true] {
+        report(&qprof, &fixture, &conditions, &scratch, one_cpu)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 type Condition<'a> = (&'a str, Option<&'a [&'a str]>);
 
-fn report(qprof: &Path, fixture: &Path, conditions: &[Condition<'_>], scratch: &Scratch, pinned: bool) -> anyhow::Result<()> {
-    let placement = if pinned { "both threads pinned to CPU 0" } else { "threads free on all CPUs" };
+fn report(qprof: &Path, fixture: &Path, conditions: &[Condition<'_>], scratch: &Scratch, one_cpu: bool) -> anyhow::Result<()> {
+    let placement = if one_cpu { "both threads on CPU 0" } else { "threads on CPUs 0 and 1" };
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); conditions.len()];
     for round in 0..ROUNDS {
         for (i, (name, extra)) in conditions.iter().enumerate() {
-            let rate = measure(qprof, fixture, *extra, scratch, pinned)?;
+            let rate = measure(qprof, fixture, *extra, scratch, one_cpu)?;
             eprintln!("  {placement}, round {}: {name}: {rate:.0} round trips/s", round + 1);
             results[i].push(rate);
         }
@@ -91,7 +93,7 @@ fn measure(
     fixture: &Path,
     extra: Option<&[&str]>,
     scratch: &Scratch,
-    pinned: bool,
+    one_cpu: bool,
 ) -> anyhow::Result<f64> {
     let log = scratch.path("qprof.log");
     let tracer = match extra {
@@ -106,14 +108,16 @@ fn measure(
             Some(tracer)
         }
     };
-    let mut cmd = if pinned {
+    let mut cmd = if one_cpu {
         let mut taskset = Command::new("taskset");
-        taskset.args(["-c", "0"]).arg(fixture);
+        taskset.args(["-c", "0"]).arg(fixture).arg(SECONDS.to_string());
         taskset
     } else {
-        Command::new(fixture)
+        let mut split = Command::new(fixture);
+        split.args([SECONDS.to_string().as_str(), "split"]);
+        split
     };
-    let out = cmd.arg(SECONDS.to_string()).output().context("running pingpong")?;
+    let out = cmd.output().context("running pingpong")?;
     if let Some(tracer) = tracer {
         tracer.signal(libc::SIGINT)?;
         let mut tracer = tracer;

@@ -3,7 +3,7 @@
 //! interleaved in one run. Target: traced TPS >= 0.97x untraced.
 //!
 //! Every pgbench transaction is a query and a reply on loopback, so each
-//! one fires `tcp:tcp_probe` on both the client's and the server's socket:
+//! one fires `tcp_probe` on both the client's and the server's socket:
 //! this is the per-packet cost of the TCP tracer at ~100k packets/s.
 
 use std::{

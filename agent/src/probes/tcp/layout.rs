@@ -1,5 +1,6 @@
-//! The TCP tracepoints' record layouts, from their tracefs format files, as
-//! the `TcpConfig` the BPF programs read their offsets from.
+//! The TCP tracepoints' record layouts, from their tracefs format files,
+//! and the kernel struct offsets `tcp_probe` reads, from BTF, as the
+//! `TcpConfig` the BPF programs read their offsets from.
 
 use qprof_common::tcp::{AddrLayout, NO_FIELD, SockLayout, TcpConfig};
 
@@ -157,7 +158,8 @@ impl KernelOffsets {
     }
 }
 
-/// Where `tcp_probe` finds its fields, from BTF; every one is required.
+/// Where `tcp_probe` finds its fields, from BTF; every one is required but
+/// the IPv6 addresses.
 /// `sock_common` members sit inside anonymous unions, which `member_offset`
 /// looks through; `struct sock` begins with its `sock_common`.
 pub fn sock_layout(btf: &Btf) -> Result<SockLayout, LayoutError> {
@@ -176,8 +178,9 @@ pub fn sock_layout(btf: &Btf) -> Result<SockLayout, LayoutError> {
         dport: common("skc_dport", "sock_common.skc_dport")?,
         rcv_saddr: common("skc_rcv_saddr", "sock_common.skc_rcv_saddr")?,
         daddr: common("skc_daddr", "sock_common.skc_daddr")?,
-        v6_rcv_saddr: common("skc_v6_rcv_saddr", "sock_common.skc_v6_rcv_saddr")?,
-        v6_daddr: common("skc_v6_daddr", "sock_common.skc_v6_daddr")?,
+        // Only with CONFIG_IPV6; without it no socket is AF_INET6.
+        v6_rcv_saddr: common("skc_v6_rcv_saddr", "").unwrap_or(NO_FIELD),
+        v6_daddr: common("skc_v6_daddr", "").unwrap_or(NO_FIELD),
         srtt_us: get("tcp_sock", "srtt_us", "tcp_sock.srtt_us")?,
         snd_nxt: get("tcp_sock", "snd_nxt", "tcp_sock.snd_nxt")?,
         snd_una: get("tcp_sock", "snd_una", "tcp_sock.snd_una")?,
