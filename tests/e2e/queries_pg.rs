@@ -210,3 +210,49 @@ fn cpu_by_query_flamegraph() {
     assert_fails_with(&run_qprof(&["flamegraph", cpu.to_str().unwrap_or_default(), "--query", "xyz"]), "invalid --query 'xyz'");
     assert!(client.finish().success());
 }
+
+/// `record offcpu --by-query`, host-wide: a psql still waiting inside a
+/// long query when the capture ends was never seen coming back, yet its
+/// blocked time is labelled with that query's fingerprint (the same id
+/// `record queries` gives it).
+#[test]
+fn offcpu_still_blocked_in_query_is_labelled() {
+    require_root();
+    let server = PgServer::start("offcpu-still");
+    let dir = TempDir::new("offcpu-still");
+    let (off, json) = (dir.join("off.pb.gz"), dir.join("q.json"));
+    let mut rec_q = QprofRun::start(&["record", "queries", "--duration", "5m", "--json", json.to_str().unwrap_or_default()]);
+    let mut rec_off = QprofRun::start(&["record", "offcpu", "--by-query", "--duration", "5m", "-o", off.to_str().unwrap_or_default()]);
+    let psql = server
+        .client("psql")
+        .args(["-X", "-q", "-c", "SELECT pg_sleep(30) AS still_waiting", "postgres"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("psql: {e}"));
+    let psql = qprof_e2e::ChildGuard(psql);
+    std::thread::sleep(Duration::from_secs(2));
+    rec_off.interrupt();
+    let fin_off = rec_off.wait();
+    assert!(fin_off.status.success(), "{}", fin_off.stderr);
+    // End the query with an error reply, which record queries counts (a
+    // killed client would leave it unfinished and unreported).
+    server.psql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%AS still_waiting' AND pid <> pg_backend_pid()");
+    let mut psql = psql;
+    let _ = psql.0.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    rec_q.interrupt();
+    let fin_q = rec_q.wait();
+    assert!(fin_q.status.success(), "{}", fin_q.stderr);
+    let rows = pg_rows(&json);
+    let id = rows["SELECT pg_sleep(?) AS still_waiting"]["fingerprint_id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(id.len(), 16, "{rows:?}");
+    let profile = profiles::pprof::decode(&std::fs::read(&off).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+    let labelled: i64 = profile
+        .samples
+        .iter()
+        .filter(|s| s.labels.iter().any(|l| l.key == "query" && l.value == profiles::LabelValue::Str(id.clone())))
+        .map(|s| s.values[1])
+        .sum();
+    assert!(labelled >= 1_000_000_000, "blocked time labelled with the query: {labelled} ns");
+}
