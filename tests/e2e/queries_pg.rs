@@ -237,7 +237,9 @@ fn offcpu_still_blocked_in_query_is_labelled() {
     assert!(fin_off.status.success(), "{}", fin_off.stderr);
     // End the query with an error reply, which record queries counts (a
     // killed client would leave it unfinished and unreported).
-    server.psql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%AS still_waiting' AND pid <> pg_backend_pid()");
+    let cancel = server.psql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%AS still_waiting' AND pid <> pg_backend_pid()");
+    let cancelled = String::from_utf8_lossy(&cancel.stdout).lines().any(|l| l.trim() == "t");
+    assert!(cancelled, "the waiting query was not found to cancel: {cancel:?}");
     let mut psql = psql;
     let _ = psql.0.wait();
     std::thread::sleep(Duration::from_millis(300));
