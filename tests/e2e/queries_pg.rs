@@ -197,13 +197,7 @@ fn cpu_by_query_flamegraph() {
     assert!(!text.contains("burn_outside_query"), "CPU outside the query leaked into its flamegraph");
     // Off-CPU: the ~20 x 50 ms the client waited inside wait_query.
     let wait_id = rows["SELECT pg_sleep(?) AS wait_query"]["fingerprint_id"].as_str().unwrap_or_default().to_owned();
-    let off = profiles::pprof::decode(&std::fs::read(&offcpu).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
-    let in_query: i64 = off
-        .samples
-        .iter()
-        .filter(|s| s.labels.iter().any(|l| l.key == "query" && l.value == profiles::LabelValue::Str(wait_id.clone())))
-        .map(|s| s.values[1])
-        .sum();
+    let in_query = blocked_ns_in_query(&offcpu, &wait_id);
     assert!(in_query >= 800_000_000, "blocked time inside wait_query: {in_query} ns");
     let bad = run_qprof(&["flamegraph", cpu.to_str().unwrap_or_default(), "--query", "00000000000000ff"]);
     assert_fails_with(&bad, "no samples in");
@@ -249,12 +243,18 @@ fn offcpu_still_blocked_in_query_is_labelled() {
     let rows = pg_rows(&json);
     let id = rows["SELECT pg_sleep(?) AS still_waiting"]["fingerprint_id"].as_str().unwrap_or_default().to_owned();
     assert_eq!(id.len(), 16, "{rows:?}");
-    let profile = profiles::pprof::decode(&std::fs::read(&off).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
-    let labelled: i64 = profile
-        .samples
-        .iter()
-        .filter(|s| s.labels.iter().any(|l| l.key == "query" && l.value == profiles::LabelValue::Str(id.clone())))
-        .map(|s| s.values[1])
-        .sum();
+    let labelled = blocked_ns_in_query(&off, &id);
     assert!(labelled >= 1_000_000_000, "blocked time labelled with the query: {labelled} ns");
+}
+
+/// Blocked nanoseconds (off-CPU sample index 1) of the samples of an
+/// off-CPU profile labelled with query fingerprint `id`.
+fn blocked_ns_in_query(profile: &Path, id: &str) -> i64 {
+    let off = profiles::pprof::decode(&std::fs::read(profile).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+    let want = profiles::LabelValue::Str(id.to_owned());
+    off.samples
+        .iter()
+        .filter(|s| s.labels.iter().any(|l| l.key == "query" && l.value == want))
+        .map(|s| s.values[1])
+        .sum()
 }
