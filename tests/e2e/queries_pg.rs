@@ -3,13 +3,17 @@
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
-use qprof_e2e::{TempDir, assert_fails_with, postgres::PgServer, require_root, run_qprof, session::QprofRun};
+use qprof_e2e::{
+    TempDir, assert_fails_with, postgres::PgServer, require_root, run_qprof, session::QprofRun,
+};
 use serde_json::Value;
 
 /// Postgres rows of a `--json` report, by fingerprint text.
 fn pg_rows(json: &Path) -> HashMap<String, Value> {
-    let text = std::fs::read_to_string(json).unwrap_or_else(|e| panic!("reading {}: {e}", json.display()));
-    let rows: Vec<Value> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON {e}: {text}"));
+    let text =
+        std::fs::read_to_string(json).unwrap_or_else(|e| panic!("reading {}: {e}", json.display()));
+    let rows: Vec<Value> =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON {e}: {text}"));
     rows.into_iter()
         .filter(|r| r["db"] == "postgres")
         .map(|r| (r["fingerprint"].as_str().unwrap_or_default().to_owned(), r))
@@ -20,10 +24,17 @@ fn pg_rows(json: &Path) -> HashMap<String, Value> {
 /// third field of every line.
 fn pgbench_latencies(dir: &Path, prefix: &str) -> Vec<f64> {
     let mut lat = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok) {
+    for entry in std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
         if entry.file_name().to_string_lossy().starts_with(prefix) {
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            lat.extend(text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<f64>().ok()));
+            lat.extend(
+                text.lines()
+                    .filter_map(|l| l.split_whitespace().nth(2)?.parse::<f64>().ok()),
+            );
         }
     }
     lat.sort_by(f64::total_cmp);
@@ -38,17 +49,27 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// pgbench's select-only script, with a column alias unique to this test
 /// (and mode) so that any other pgbench on the host cannot add calls.
 fn select_script(mode: &str) -> String {
-    format!("\\set aid random(1, 100000 * :scale)\nSELECT abalance AS qprof_e2e_{mode} FROM pgbench_accounts WHERE aid = :aid;\n")
+    format!(
+        "\\set aid random(1, 100000 * :scale)\nSELECT abalance AS qprof_e2e_{mode} FROM pgbench_accounts WHERE aid = :aid;\n"
+    )
 }
 
 /// Runs pgbench -S in `mode` under qprof; returns (qprof's row for the
 /// select, pgbench's latencies).
 fn pgbench_under_qprof(server: &PgServer, dir: &TempDir, mode: &str) -> (Value, Vec<f64>) {
     let json = dir.join(&format!("{mode}.json"));
-    let mut qprof = QprofRun::start(&["record", "queries", "--duration", "5m", "--json", json.to_str().unwrap_or_default()]);
+    let mut qprof = QprofRun::start(&[
+        "record",
+        "queries",
+        "--duration",
+        "5m",
+        "--json",
+        json.to_str().unwrap_or_default(),
+    ]);
     let prefix = format!("pgbench_{mode}");
     let script = dir.join(&format!("select_{mode}.sql"));
-    std::fs::write(&script, select_script(mode)).unwrap_or_else(|e| panic!("writing the script: {e}"));
+    std::fs::write(&script, select_script(mode))
+        .unwrap_or_else(|e| panic!("writing the script: {e}"));
     let out = server
         .client("pgbench")
         .args(["-n", "-t", "500", "-c", "2", "-M", mode, "-l", "-f"])
@@ -57,14 +78,21 @@ fn pgbench_under_qprof(server: &PgServer, dir: &TempDir, mode: &str) -> (Value, 
         .arg("postgres")
         .output()
         .unwrap_or_else(|e| panic!("pgbench: {e}"));
-    assert!(out.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::thread::sleep(Duration::from_millis(300));
     qprof.interrupt();
     let fin = qprof.wait();
     assert!(fin.status.success(), "qprof failed: {}", fin.stderr);
     let rows = pg_rows(&json);
     let select = format!("SELECT abalance AS qprof_e2e_{mode} FROM pgbench_accounts WHERE aid = ?");
-    let row = rows.get(&select).cloned().unwrap_or_else(|| panic!("no row for {select:?}: {:?}", rows.keys()));
+    let row = rows
+        .get(&select)
+        .cloned()
+        .unwrap_or_else(|| panic!("no row for {select:?}: {:?}", rows.keys()));
     (row, pgbench_latencies(dir.path(), &prefix))
 }
 
@@ -77,22 +105,41 @@ fn pgbench_counts_and_latency_match() {
     require_root();
     let server = PgServer::start("pgbench");
     let dir = TempDir::new("pgbench");
-    let init = server.client("pgbench").args(["-i", "-s", "1", "-q", "postgres"]).output();
+    let init = server
+        .client("pgbench")
+        .args(["-i", "-s", "1", "-q", "postgres"])
+        .output();
     assert!(init.is_ok_and(|o| o.status.success()), "pgbench -i failed");
     for mode in ["simple", "extended", "prepared"] {
         let (row, lat) = pgbench_under_qprof(&server, &dir, mode);
         assert_eq!(row["calls"], 1000, "{mode}: {row}");
         assert_eq!(row["errors"], 0, "{mode}: {row}");
-        assert_eq!(lat.len(), 1000, "{mode}: pgbench logged {} transactions", lat.len());
+        assert_eq!(
+            lat.len(),
+            1000,
+            "{mode}: pgbench logged {} transactions",
+            lat.len()
+        );
         let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
-        let (q50, q99) = (row["p50_us"].as_f64().unwrap_or(0.0), row["p99_us"].as_f64().unwrap_or(0.0));
-        eprintln!("{mode}: pgbench p50 {p50:.0}us p99 {p99:.0}us; qprof p50 {q50:.0}us p99 {q99:.0}us");
+        let (q50, q99) = (
+            row["p50_us"].as_f64().unwrap_or(0.0),
+            row["p99_us"].as_f64().unwrap_or(0.0),
+        );
+        eprintln!(
+            "{mode}: pgbench p50 {p50:.0}us p99 {p99:.0}us; qprof p50 {q50:.0}us p99 {q99:.0}us"
+        );
         // 10%, plus 5 µs: pgbench's clock starts before the uprobe trap that
         // starts qprof's (and stops after libpq has parsed the result), a
         // constant few µs that is more than 10% of a 50 µs query on a busy
         // machine.
-        assert!((q50 - p50).abs() <= 0.10 * p50 + 5.0, "{mode}: p50 qprof {q50} vs pgbench {p50}");
-        assert!((q99 - p99).abs() <= 0.10 * p99 + 5.0, "{mode}: p99 qprof {q99} vs pgbench {p99}");
+        assert!(
+            (q50 - p50).abs() <= 0.10 * p50 + 5.0,
+            "{mode}: p50 qprof {q50} vs pgbench {p50}"
+        );
+        assert!(
+            (q99 - p99).abs() <= 0.10 * p99 + 5.0,
+            "{mode}: p99 qprof {q99} vs pgbench {p99}"
+        );
     }
 }
 
@@ -116,8 +163,20 @@ fn psql_script_counts_and_errors() {
          SELECT a FROM qprof_t WHERE a > 1;\n",
     )
     .unwrap_or_else(|e| panic!("writing script: {e}"));
-    let mut qprof = QprofRun::start(&["record", "queries", "--duration", "5m", "--json", json.to_str().unwrap_or_default()]);
-    let out = server.client("psql").args(["-X", "-q", "-f"]).arg(&script).arg("postgres").output();
+    let mut qprof = QprofRun::start(&[
+        "record",
+        "queries",
+        "--duration",
+        "5m",
+        "--json",
+        json.to_str().unwrap_or_default(),
+    ]);
+    let out = server
+        .client("psql")
+        .args(["-X", "-q", "-f"])
+        .arg(&script)
+        .arg("postgres")
+        .output();
     assert!(out.is_ok(), "psql did not run");
     std::thread::sleep(Duration::from_millis(300));
     qprof.interrupt();
@@ -125,11 +184,19 @@ fn psql_script_counts_and_errors() {
     assert!(fin.status.success(), "qprof failed: {}", fin.stderr);
     let rows = pg_rows(&json);
     let insert = &rows["INSERT INTO qprof_t VALUES (?, ?)"];
-    assert_eq!((insert["calls"].as_u64(), insert["errors"].as_u64()), (Some(3), Some(0)), "{insert}");
+    assert_eq!(
+        (insert["calls"].as_u64(), insert["errors"].as_u64()),
+        (Some(3), Some(0)),
+        "{insert}"
+    );
     let select = &rows["SELECT a FROM qprof_t WHERE a > ?"];
     assert_eq!(select["calls"], 2, "{select}");
     let missing = &rows["SELECT * FROM qprof_no_such_table"];
-    assert_eq!((missing["calls"].as_u64(), missing["errors"].as_u64()), (Some(1), Some(1)), "{missing}");
+    assert_eq!(
+        (missing["calls"].as_u64(), missing["errors"].as_u64()),
+        (Some(1), Some(1)),
+        "{missing}"
+    );
     let raw = std::fs::read_to_string(&json).unwrap_or_default();
     assert!(!raw.contains("secret-"), "literals leaked into the report");
 }
@@ -141,25 +208,62 @@ fn client_started_later_is_traced() {
     let server = PgServer::start("later");
     let dir = TempDir::new("later");
     let json = dir.join("later.json");
-    let mut qprof = QprofRun::start(&["record", "queries", "--duration", "5m", "--json", json.to_str().unwrap_or_default()]);
+    let mut qprof = QprofRun::start(&[
+        "record",
+        "queries",
+        "--duration",
+        "5m",
+        "--json",
+        json.to_str().unwrap_or_default(),
+    ]);
     // The first statement gives qprof time to find the new process's libpq.
-    let out = server.client("psql").args(["-X", "-q", "-c", "SELECT pg_sleep(1.5)", "-c", "SELECT 4242 AS later"]).arg("postgres").output();
+    let out = server
+        .client("psql")
+        .args([
+            "-X",
+            "-q",
+            "-c",
+            "SELECT pg_sleep(1.5)",
+            "-c",
+            "SELECT 4242 AS later",
+        ])
+        .arg("postgres")
+        .output();
     assert!(out.is_ok_and(|o| o.status.success()), "psql failed");
     std::thread::sleep(Duration::from_millis(300));
     qprof.interrupt();
     let fin = qprof.wait();
     assert!(fin.status.success(), "qprof failed: {}", fin.stderr);
     let rows = pg_rows(&json);
-    assert_eq!(rows.get("SELECT ? AS later").map(|r| r["calls"].clone()), Some(Value::from(1)), "{:?}", rows.keys());
+    assert_eq!(
+        rows.get("SELECT ? AS later").map(|r| r["calls"].clone()),
+        Some(Value::from(1)),
+        "{:?}",
+        rows.keys()
+    );
 }
 
 /// Bad input for `record queries`.
 #[test]
 fn bad_queries_inputs() {
     require_root();
-    assert_fails_with(&run_qprof(&["record", "queries", "--pid", "4194304"]), "no process with pid 4194304");
-    assert_fails_with(&run_qprof(&["record", "queries", "--top", "none"]), "invalid --top");
-    assert_fails_with(&run_qprof(&["record", "queries", "--json", "/nonexistent-qprof-dir/q.json"]), "/nonexistent-qprof-dir does not exist");
+    assert_fails_with(
+        &run_qprof(&["record", "queries", "--pid", "4194304"]),
+        "no process with pid 4194304",
+    );
+    assert_fails_with(
+        &run_qprof(&["record", "queries", "--top", "none"]),
+        "invalid --top",
+    );
+    assert_fails_with(
+        &run_qprof(&[
+            "record",
+            "queries",
+            "--json",
+            "/nonexistent-qprof-dir/q.json",
+        ]),
+        "/nonexistent-qprof-dir does not exist",
+    );
 }
 
 /// `record cpu --by-query`: CPU burnt by a client inside one query shows
@@ -170,38 +274,120 @@ fn cpu_by_query_flamegraph() {
     require_root();
     let server = PgServer::start("byquery");
     let dir = TempDir::new("byquery");
-    let fixture = qprof_e2e::build_fixture_with("pq_burn", dir.path(), &["-I/usr/include/postgresql", "-lpq"]);
-    let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable", server.port);
+    let fixture = qprof_e2e::build_fixture_with(
+        "pq_burn",
+        dir.path(),
+        &["-I/usr/include/postgresql", "-lpq"],
+    );
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
+        server.port
+    );
     let mut client = qprof_e2e::session::Fixture::start(&fixture, &[&conninfo]);
     let pid = client.pid.to_string();
     let (cpu, queries) = (dir.join("cpu.pb.gz"), dir.join("q.json"));
-    let mut rec_q = QprofRun::start(&["record", "queries", "--pid", &pid, "--duration", "5m", "--json", queries.to_str().unwrap_or_default()]);
-    let mut rec_cpu = QprofRun::start(&["record", "cpu", "--by-query", "--pid", &pid, "--hz", "199", "--duration", "5m", "-o", cpu.to_str().unwrap_or_default()]);
+    let mut rec_q = QprofRun::start(&[
+        "record",
+        "queries",
+        "--pid",
+        &pid,
+        "--duration",
+        "5m",
+        "--json",
+        queries.to_str().unwrap_or_default(),
+    ]);
+    let mut rec_cpu = QprofRun::start(&[
+        "record",
+        "cpu",
+        "--by-query",
+        "--pid",
+        &pid,
+        "--hz",
+        "199",
+        "--duration",
+        "5m",
+        "-o",
+        cpu.to_str().unwrap_or_default(),
+    ]);
     let offcpu = dir.join("off.pb.gz");
-    let mut rec_off = QprofRun::start(&["record", "offcpu", "--by-query", "--pid", &pid, "--duration", "5m", "-o", offcpu.to_str().unwrap_or_default()]);
+    let mut rec_off = QprofRun::start(&[
+        "record",
+        "offcpu",
+        "--by-query",
+        "--pid",
+        &pid,
+        "--duration",
+        "5m",
+        "-o",
+        offcpu.to_str().unwrap_or_default(),
+    ]);
     client.run_to_done();
     rec_cpu.interrupt();
     rec_q.interrupt();
     rec_off.interrupt();
     let (fin_cpu, fin_q, fin_off) = (rec_cpu.wait(), rec_q.wait(), rec_off.wait());
-    assert!(fin_cpu.status.success() && fin_q.status.success(), "{}\n{}", fin_cpu.stderr, fin_q.stderr);
+    assert!(
+        fin_cpu.status.success() && fin_q.status.success(),
+        "{}\n{}",
+        fin_cpu.stderr,
+        fin_q.stderr
+    );
     assert!(fin_off.status.success(), "{}", fin_off.stderr);
     let rows = pg_rows(&queries);
-    let id = rows["SELECT ? AS burn_query"]["fingerprint_id"].as_str().unwrap_or_default().to_owned();
+    let id = rows["SELECT ? AS burn_query"]["fingerprint_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(id.len(), 16, "{rows:?}");
     let svg = dir.join("q.svg");
-    let out = run_qprof(&["flamegraph", cpu.to_str().unwrap_or_default(), "--query", &id, "-o", svg.to_str().unwrap_or_default()]);
-    assert!(out.status.success(), "flamegraph --query failed: {}", qprof_e2e::stderr(&out));
+    let out = run_qprof(&[
+        "flamegraph",
+        cpu.to_str().unwrap_or_default(),
+        "--query",
+        &id,
+        "-o",
+        svg.to_str().unwrap_or_default(),
+    ]);
+    assert!(
+        out.status.success(),
+        "flamegraph --query failed: {}",
+        qprof_e2e::stderr(&out)
+    );
     let text = std::fs::read_to_string(&svg).unwrap_or_default();
-    assert!(text.contains("burn_inside_query"), "the query's flamegraph lacks the burning function");
-    assert!(!text.contains("burn_outside_query"), "CPU outside the query leaked into its flamegraph");
+    assert!(
+        text.contains("burn_inside_query"),
+        "the query's flamegraph lacks the burning function"
+    );
+    assert!(
+        !text.contains("burn_outside_query"),
+        "CPU outside the query leaked into its flamegraph"
+    );
     // Off-CPU: the ~20 x 50 ms the client waited inside wait_query.
-    let wait_id = rows["SELECT pg_sleep(?) AS wait_query"]["fingerprint_id"].as_str().unwrap_or_default().to_owned();
+    let wait_id = rows["SELECT pg_sleep(?) AS wait_query"]["fingerprint_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let in_query = blocked_ns_in_query(&offcpu, &wait_id);
-    assert!(in_query >= 800_000_000, "blocked time inside wait_query: {in_query} ns");
-    let bad = run_qprof(&["flamegraph", cpu.to_str().unwrap_or_default(), "--query", "00000000000000ff"]);
+    assert!(
+        in_query >= 800_000_000,
+        "blocked time inside wait_query: {in_query} ns"
+    );
+    let bad = run_qprof(&[
+        "flamegraph",
+        cpu.to_str().unwrap_or_default(),
+        "--query",
+        "00000000000000ff",
+    ]);
     assert_fails_with(&bad, "no samples in");
-    assert_fails_with(&run_qprof(&["flamegraph", cpu.to_str().unwrap_or_default(), "--query", "xyz"]), "invalid --query 'xyz'");
+    assert_fails_with(
+        &run_qprof(&[
+            "flamegraph",
+            cpu.to_str().unwrap_or_default(),
+            "--query",
+            "xyz",
+        ]),
+        "invalid --query 'xyz'",
+    );
     assert!(client.finish().success());
 }
 
@@ -215,11 +401,32 @@ fn offcpu_still_blocked_in_query_is_labelled() {
     let server = PgServer::start("offcpu-still");
     let dir = TempDir::new("offcpu-still");
     let (off, json) = (dir.join("off.pb.gz"), dir.join("q.json"));
-    let mut rec_q = QprofRun::start(&["record", "queries", "--duration", "5m", "--json", json.to_str().unwrap_or_default()]);
-    let mut rec_off = QprofRun::start(&["record", "offcpu", "--by-query", "--duration", "5m", "-o", off.to_str().unwrap_or_default()]);
+    let mut rec_q = QprofRun::start(&[
+        "record",
+        "queries",
+        "--duration",
+        "5m",
+        "--json",
+        json.to_str().unwrap_or_default(),
+    ]);
+    let mut rec_off = QprofRun::start(&[
+        "record",
+        "offcpu",
+        "--by-query",
+        "--duration",
+        "5m",
+        "-o",
+        off.to_str().unwrap_or_default(),
+    ]);
     let psql = server
         .client("psql")
-        .args(["-X", "-q", "-c", "SELECT pg_sleep(30) AS still_waiting", "postgres"])
+        .args([
+            "-X",
+            "-q",
+            "-c",
+            "SELECT pg_sleep(30) AS still_waiting",
+            "postgres",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -232,8 +439,13 @@ fn offcpu_still_blocked_in_query_is_labelled() {
     // End the query with an error reply, which record queries counts (a
     // killed client would leave it unfinished and unreported).
     let cancel = server.psql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%AS still_waiting' AND pid <> pg_backend_pid()");
-    let cancelled = String::from_utf8_lossy(&cancel.stdout).lines().any(|l| l.trim() == "t");
-    assert!(cancelled, "the waiting query was not found to cancel: {cancel:?}");
+    let cancelled = String::from_utf8_lossy(&cancel.stdout)
+        .lines()
+        .any(|l| l.trim() == "t");
+    assert!(
+        cancelled,
+        "the waiting query was not found to cancel: {cancel:?}"
+    );
     let mut psql = psql;
     let _ = psql.0.wait();
     std::thread::sleep(Duration::from_millis(300));
@@ -241,16 +453,23 @@ fn offcpu_still_blocked_in_query_is_labelled() {
     let fin_q = rec_q.wait();
     assert!(fin_q.status.success(), "{}", fin_q.stderr);
     let rows = pg_rows(&json);
-    let id = rows["SELECT pg_sleep(?) AS still_waiting"]["fingerprint_id"].as_str().unwrap_or_default().to_owned();
+    let id = rows["SELECT pg_sleep(?) AS still_waiting"]["fingerprint_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(id.len(), 16, "{rows:?}");
     let labelled = blocked_ns_in_query(&off, &id);
-    assert!(labelled >= 1_000_000_000, "blocked time labelled with the query: {labelled} ns");
+    assert!(
+        labelled >= 1_000_000_000,
+        "blocked time labelled with the query: {labelled} ns"
+    );
 }
 
 /// Blocked nanoseconds (off-CPU sample index 1) of the samples of an
 /// off-CPU profile labelled with query fingerprint `id`.
 fn blocked_ns_in_query(profile: &Path, id: &str) -> i64 {
-    let off = profiles::pprof::decode(&std::fs::read(profile).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+    let off = profiles::pprof::decode(&std::fs::read(profile).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
     let want = profiles::LabelValue::Str(id.to_owned());
     off.samples
         .iter()

@@ -131,7 +131,14 @@ fn thousands_of_threads_are_counted() {
     // Nine targets: more than the BPF side compares in place, so the pid
     // filter takes its hash-map path here (the other tests take the other).
     let sleepers: Vec<ChildGuard> = (0..8)
-        .map(|_| ChildGuard(std::process::Command::new("sleep").arg("60").spawn().unwrap_or_else(|e| panic!("sleep: {e}"))))
+        .map(|_| {
+            ChildGuard(
+                std::process::Command::new("sleep")
+                    .arg("60")
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("sleep: {e}")),
+            )
+        })
         .collect();
     let sleeper_pids: Vec<String> = sleepers.iter().map(|c| c.pid().to_string()).collect();
     let mut args = vec!["record", "syscalls", "--pid", pid.as_str()];

@@ -106,7 +106,9 @@ pub fn build_fixture(name: &str, dir: &Path) -> PathBuf {
 /// source (e.g. `-lpq`).
 #[must_use]
 pub fn build_fixture_with(name: &str, dir: &Path, extra: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(format!("{name}.c"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(format!("{name}.c"));
     let out = dir.join(name);
     let status = Command::new("gcc")
         .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])

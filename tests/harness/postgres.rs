@@ -13,10 +13,17 @@ use std::{
 #[must_use]
 pub fn bin_dir() -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").is_file()).collect())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").is_file())
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
-    versions.pop().unwrap_or_else(|| panic!("no PostgreSQL server under /usr/lib/postgresql (apt-get install postgresql)"))
+    versions.pop().unwrap_or_else(|| {
+        panic!("no PostgreSQL server under /usr/lib/postgresql (apt-get install postgresql)")
+    })
 }
 
 /// A running server.
@@ -49,24 +56,42 @@ impl PgServer {
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap_or_default();
         let status = Command::new("chown").arg("postgres").arg(&dir).status();
-        assert!(status.is_ok_and(|s| s.success()), "chown postgres {}", dir.display());
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "chown postgres {}",
+            dir.display()
+        );
         let data = dir.join("data");
         let out = as_postgres(&bin.join("initdb"))
-            .arg("-D").arg(&data)
+            .arg("-D")
+            .arg(&data)
             .args(["-A", "trust", "-U", "postgres", "--no-sync"])
             .output()
             .unwrap_or_else(|e| panic!("running initdb: {e}"));
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = free_port();
         let server = Self { dir, bin, port };
-        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", server.dir.display());
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            server.dir.display()
+        );
         let out = as_postgres(&server.bin.join("pg_ctl"))
-            .arg("-D").arg(&data)
-            .args(["-o", &opts, "-l"]).arg(server.dir.join("log"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &opts, "-l"])
+            .arg(server.dir.join("log"))
             .args(["-w", "start"])
             .output()
             .unwrap_or_else(|e| panic!("running pg_ctl: {e}"));
-        assert!(out.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         server
     }
 
@@ -74,7 +99,14 @@ impl PgServer {
     #[must_use]
     pub fn client(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"]);
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+        ]);
         cmd.env("PGSSLMODE", "disable");
         cmd
     }
@@ -82,9 +114,16 @@ impl PgServer {
     /// Runs `psql -c SQL` and returns its output (panics on failure).
     #[must_use]
     pub fn psql(&self, sql: &str) -> Output {
-        let out = self.client("psql").args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql, "postgres"]).output();
+        let out = self
+            .client("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql, "postgres"])
+            .output();
         let out = out.unwrap_or_else(|e| panic!("running psql: {e}"));
-        assert!(out.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     }
 }
@@ -92,7 +131,8 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         let _ = as_postgres(&self.bin.join("pg_ctl"))
-            .arg("-D").arg(self.dir.join("data"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
             .args(["-m", "immediate", "-w", "stop"])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -48,7 +48,10 @@ pub struct SyscallRow {
 
 impl SyscallTable {
     /// Adds one CPU's (or one source's) counts for `(pid, nr)`.
-    #[expect(clippy::too_many_arguments, reason = "one per field of the kernel's per-CPU value")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one per field of the kernel's per-CPU value"
+    )]
     pub fn add(
         &mut self,
         pid: u32,

@@ -54,24 +54,36 @@ pub fn run(args: &FlamegraphArgs) -> anyhow::Result<()> {
 
 /// Keeps only samples labelled `query=<id>`; an id that no sample has is
 /// an error that lists the ids the profile does have.
-fn keep_query(profile: &mut profiles::Profile, id: &str, input: &std::path::Path) -> anyhow::Result<()> {
+fn keep_query(
+    profile: &mut profiles::Profile,
+    id: &str,
+    input: &std::path::Path,
+) -> anyhow::Result<()> {
     let label_of = |s: &profiles::Sample| {
-        s.labels.iter().find(|l| l.key == "query").and_then(|l| match &l.value {
-            profiles::LabelValue::Str(v) => Some(v.clone()),
-            profiles::LabelValue::Num { .. } => None,
-        })
+        s.labels
+            .iter()
+            .find(|l| l.key == "query")
+            .and_then(|l| match &l.value {
+                profiles::LabelValue::Str(v) => Some(v.clone()),
+                profiles::LabelValue::Num { .. } => None,
+            })
     };
     let mut known: Vec<String> = profile.samples.iter().filter_map(label_of).collect();
     known.sort();
     known.dedup();
-    profile.samples.retain(|s| label_of(s).as_deref() == Some(id));
+    profile
+        .samples
+        .retain(|s| label_of(s).as_deref() == Some(id));
     if profile.samples.is_empty() {
         let hint = if known.is_empty() {
             "it has no query labels (record it with `record cpu --by-query`)".to_owned()
         } else {
             format!("its queries are: {}", known.join(", "))
         };
-        return Err(anyhow!("no samples in {} for query {id}; {hint}", input.display()));
+        return Err(anyhow!(
+            "no samples in {} for query {id}; {hint}",
+            input.display()
+        ));
     }
     Ok(())
 }

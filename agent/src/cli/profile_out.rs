@@ -27,7 +27,10 @@ pub struct Outputs {
 impl Outputs {
     /// Checks every path before the capture starts.
     pub fn check(&self) -> anyhow::Result<()> {
-        for path in [Some(&self.pprof), self.svg.as_ref(), self.folded.as_ref()].into_iter().flatten() {
+        for path in [Some(&self.pprof), self.svg.as_ref(), self.folded.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             files::check_writable(path)?;
         }
         Ok(())
@@ -37,24 +40,42 @@ impl Outputs {
 /// `("samples", "count")`-style value types.
 #[must_use]
 pub fn value_type(kind: &str, unit: &str) -> ValueType {
-    ValueType { r#type: kind.to_owned(), unit: unit.to_owned() }
+    ValueType {
+        r#type: kind.to_owned(),
+        unit: unit.to_owned(),
+    }
 }
 
 /// The profile's time frame.
 #[must_use]
-pub fn shape(sample_types: Vec<ValueType>, period_type: ValueType, period: i64, started_at: SystemTime, elapsed: Duration) -> ProfileShape {
+pub fn shape(
+    sample_types: Vec<ValueType>,
+    period_type: ValueType,
+    period: i64,
+    started_at: SystemTime,
+    elapsed: Duration,
+) -> ProfileShape {
     ProfileShape {
         sample_types,
         period_type,
         period,
-        time_nanos: started_at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
+        time_nanos: started_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64),
         duration_nanos: elapsed.as_nanos() as i64,
     }
 }
 
 /// Symbolizes `stacks` and writes every requested output. The SVG and the
 /// folded stacks show value `index` (e.g. the time, not the count).
-pub fn write(stacks: &StackCounts, maps: &ProcessMaps, shape: &ProfileShape, outputs: &Outputs, title: &str, index: usize) -> anyhow::Result<Profile> {
+pub fn write(
+    stacks: &StackCounts,
+    maps: &ProcessMaps,
+    shape: &ProfileShape,
+    outputs: &Outputs,
+    title: &str,
+    index: usize,
+) -> anyhow::Result<Profile> {
     let profile = Symbolizer::new().build_profile(stacks, maps, shape);
     let pprof = profiles::pprof::encode_gzip(&profile).context("encoding pprof")?;
     files::write_private(&outputs.pprof, &pprof)?;
@@ -62,7 +83,10 @@ pub fn write(stacks: &StackCounts, maps: &ProcessMaps, shape: &ProfileShape, out
         let mut svg = Vec::new();
         match profiles::flamegraph::render_svg(&profile, index, title, &mut svg) {
             Ok(()) => files::write_private(svg_path, &svg)?,
-            Err(err) => eprintln!("qprof: no flamegraph written to {}: {err}", svg_path.display()),
+            Err(err) => eprintln!(
+                "qprof: no flamegraph written to {}: {err}",
+                svg_path.display()
+            ),
         }
     }
     if let Some(folded_path) = &outputs.folded {

@@ -54,20 +54,34 @@ fn write_outputs(
 ) -> anyhow::Result<()> {
     let period = 1_000_000_000 / args.hz as i64;
     let shape = profile_out::shape(
-        vec![value_type("samples", "count"), value_type("cpu", "nanoseconds")],
+        vec![
+            value_type("samples", "count"),
+            value_type("cpu", "nanoseconds"),
+        ],
         value_type("cpu", "nanoseconds"),
         period,
         started_at,
         elapsed,
     );
     // The SVG and folded stacks show CPU time (index 1), as perf's do.
-    profile_out::write(&capture.stacks, &capture.maps, &shape, &outputs(args), "qprof: CPU", 1)?;
+    profile_out::write(
+        &capture.stacks,
+        &capture.maps,
+        &shape,
+        &outputs(args),
+        "qprof: CPU",
+        1,
+    )?;
     summarize(args, capture);
     Ok(())
 }
 
 fn outputs(args: &RecordCpuArgs) -> Outputs {
-    Outputs { pprof: args.output.clone(), svg: args.svg.clone(), folded: args.folded.clone() }
+    Outputs {
+        pprof: args.output.clone(),
+        svg: args.svg.clone(),
+        folded: args.folded.clone(),
+    }
 }
 
 fn summarize(args: &RecordCpuArgs, capture: &CpuCapture) {

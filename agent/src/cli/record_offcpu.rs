@@ -12,7 +12,11 @@ use crate::probes::offcpu::{OffcpuOptions, OffcpuProfiler};
 
 pub fn run(args: &RecordOffcpuArgs) -> anyhow::Result<()> {
     checks::pids_exist(&args.pids)?;
-    let outputs = Outputs { pprof: args.output.clone(), svg: args.svg.clone(), folded: args.folded.clone() };
+    let outputs = Outputs {
+        pprof: args.output.clone(),
+        svg: args.svg.clone(),
+        folded: args.folded.clone(),
+    };
     outputs.check()?;
     checks::privileges_and_kernel()?;
     let options = OffcpuOptions {
@@ -28,15 +32,27 @@ pub fn run(args: &RecordOffcpuArgs) -> anyhow::Result<()> {
         polls += 1;
         polls
     })?;
-    let capture = profiler.finish().context("reading off-CPU time out of the kernel")?;
+    let capture = profiler
+        .finish()
+        .context("reading off-CPU time out of the kernel")?;
     let shape = profile_out::shape(
-        vec![value_type("samples", "count"), value_type("offcpu", "nanoseconds")],
+        vec![
+            value_type("samples", "count"),
+            value_type("offcpu", "nanoseconds"),
+        ],
         value_type("offcpu", "nanoseconds"),
         1,
         started_at,
         ended.elapsed,
     );
-    profile_out::write(&capture.stacks, &capture.maps, &shape, &outputs, "qprof: off-CPU time", 1)?;
+    profile_out::write(
+        &capture.stacks,
+        &capture.maps,
+        &shape,
+        &outputs,
+        "qprof: off-CPU time",
+        1,
+    )?;
     eprintln!(
         "qprof: {} blocks, {:.3}s blocked ({} distinct stacks) written to {}",
         capture.stacks.total(0),
@@ -45,8 +61,15 @@ pub fn run(args: &RecordOffcpuArgs) -> anyhow::Result<()> {
         args.output.display()
     );
     if !capture.drops.is_empty() {
-        let lost: Vec<String> = capture.drops.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        eprintln!("qprof: some blocks were degraded or lost: {}", lost.join(", "));
+        let lost: Vec<String> = capture
+            .drops
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        eprintln!(
+            "qprof: some blocks were degraded or lost: {}",
+            lost.join(", ")
+        );
     }
     Ok(())
 }

@@ -43,24 +43,43 @@ struct Collector {
 
 impl Collector {
     fn new(raw: bool) -> Self {
-        Self { raw, table: QueryTable::default(), texts: HashMap::new(), examples: HashMap::new(), executions: 0, unknown_text: 0 }
+        Self {
+            raw,
+            table: QueryTable::default(),
+            texts: HashMap::new(),
+            examples: HashMap::new(),
+            executions: 0,
+            unknown_text: 0,
+        }
     }
 
     fn on_event(&mut self, ev: QueryEvent) {
         match ev {
-            QueryEvent::Text { text_id, bytes, truncated, .. } => {
+            QueryEvent::Text {
+                text_id,
+                bytes,
+                truncated,
+                ..
+            } => {
                 if self.texts.len() >= MAX_TEXTS {
                     let drop: Vec<u64> = self.texts.keys().take(MAX_TEXTS / 2).copied().collect();
                     for k in drop {
                         self.texts.remove(&k);
                     }
                 }
-                let raw = self.raw.then(|| String::from_utf8_lossy(&bytes).into_owned());
-                self.texts.insert(text_id, (normalize_captured(&bytes, truncated), raw));
+                let raw = self
+                    .raw
+                    .then(|| String::from_utf8_lossy(&bytes).into_owned());
+                self.texts
+                    .insert(text_id, (normalize_captured(&bytes, truncated), raw));
             }
             QueryEvent::Done(done) => {
                 self.executions += 1;
-                let db = if done.db == qprof_common::queries::DB_SQLITE { Db::Sqlite } else { Db::Postgres };
+                let db = if done.db == qprof_common::queries::DB_SQLITE {
+                    Db::Sqlite
+                } else {
+                    Db::Postgres
+                };
                 let (normalized, raw) = if let Some((n, raw)) = self.texts.get(&done.text_id) {
                     (n.clone(), raw.clone())
                 } else {
@@ -76,7 +95,14 @@ impl Collector {
                     self.examples.entry(normalized.id).or_insert(raw);
                 }
                 let rows = (done.rows != u64::MAX).then_some(done.rows);
-                self.table.record(db, &normalized, done.latency_ns, done.error != 0, rows, done.pid);
+                self.table.record(
+                    db,
+                    &normalized,
+                    done.latency_ns,
+                    done.error != 0,
+                    rows,
+                    done.pid,
+                );
             }
         }
     }
@@ -88,8 +114,10 @@ pub fn run(args: &RecordQueriesArgs) -> anyhow::Result<()> {
         report::check_json_target(path)?;
     }
     checks::privileges_and_kernel()?;
-    let (mut ebpf, mut tracer) =
-        QueryTracer::start(&QueryOptions { pids: args.pids.clone() }).context("starting the query tracer")?;
+    let (mut ebpf, mut tracer) = QueryTracer::start(&QueryOptions {
+        pids: args.pids.clone(),
+    })
+    .context("starting the query tracer")?;
     let mut collector = Collector::new(args.raw_queries);
     let ended = capture_loop::wait(args.duration, "queries", || {
         let _ = tracer.scan(&mut ebpf, false);
@@ -103,29 +131,55 @@ pub fn run(args: &RecordQueriesArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|row| {
             let id = crate::aggregate::fingerprint::parse_id_hex(&row.fingerprint_id).unwrap_or(0);
-            Row { raw_example: collector.examples.get(&id).cloned(), row }
+            Row {
+                raw_example: collector.examples.get(&id).cloned(),
+                row,
+            }
         })
         .collect();
     match &args.json {
         Some(path) => report::write_json(path, &rows)?,
         None => print!("{}", render(&rows, args.top)),
     }
-    summarize(&collector, &tracer, &crate::probes::drop_counters(&ebpf)?, ended.elapsed);
+    summarize(
+        &collector,
+        &tracer,
+        &crate::probes::drop_counters(&ebpf)?,
+        ended.elapsed,
+    );
     Ok(())
 }
 
-fn summarize(c: &Collector, tracer: &QueryTracer, drops: &[(&str, u64)], elapsed: std::time::Duration) {
-    let files: Vec<String> = tracer.pg.files.iter().map(|p| p.display().to_string()).collect();
+fn summarize(
+    c: &Collector,
+    tracer: &QueryTracer,
+    drops: &[(&str, u64)],
+    elapsed: std::time::Duration,
+) {
+    let files: Vec<String> = tracer
+        .pg
+        .files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let sqlite = tracer.sqlite.files().len();
     eprintln!(
         "qprof: {} executions of {} statements in {:.1}s; libpq: {}; SQLite: {sqlite} file(s)",
         c.executions,
         c.table.len(),
         elapsed.as_secs_f64(),
-        if files.is_empty() { "not found in any process".to_owned() } else { files.join(", ") }
+        if files.is_empty() {
+            "not found in any process".to_owned()
+        } else {
+            files.join(", ")
+        }
     );
     if c.table.evicted() > 0 {
-        eprintln!("qprof: {} least-used statements were evicted ({} calls)", c.table.evicted(), c.table.evicted_calls());
+        eprintln!(
+            "qprof: {} least-used statements were evicted ({} calls)",
+            c.table.evicted(),
+            c.table.evicted_calls()
+        );
     }
     if c.unknown_text > 0 {
         eprintln!("qprof: {} executions had no known text", c.unknown_text);
@@ -163,5 +217,19 @@ fn render(rows: &[Row], top: usize) -> String {
             ]
         })
         .collect();
-    report::table(&["ID", "DB", "CALLS", "ERRORS", "P50", "P95", "P99", "MAX", "TOTAL", "FINGERPRINT"], &body)
+    report::table(
+        &[
+            "ID",
+            "DB",
+            "CALLS",
+            "ERRORS",
+            "P50",
+            "P95",
+            "P99",
+            "MAX",
+            "TOTAL",
+            "FINGERPRINT",
+        ],
+        &body,
+    )
 }

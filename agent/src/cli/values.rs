@@ -39,7 +39,10 @@ pub fn parse_min_block(text: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     if let Some(us) = t.strip_suffix("us") {
-        return us.parse::<u64>().map(Duration::from_micros).map_err(|_| bad());
+        return us
+            .parse::<u64>()
+            .map(Duration::from_micros)
+            .map_err(|_| bad());
     }
     parse_duration(t).map_err(|_| bad())
 }
@@ -50,7 +53,9 @@ pub fn parse_fingerprint_id(text: &str) -> Result<String, String> {
     if t.len() == 16 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(t)
     } else {
-        Err(format!("invalid --query '{text}': expected a fingerprint id of 16 hex digits, as in `record queries` output"))
+        Err(format!(
+            "invalid --query '{text}': expected a fingerprint id of 16 hex digits, as in `record queries` output"
+        ))
     }
 }
 
@@ -134,7 +139,11 @@ mod tests {
         assert_eq!(parse_min_block("0"), Ok(Duration::ZERO));
         assert_eq!(parse_min_block("500us"), Ok(Duration::from_micros(500)));
         assert_eq!(parse_min_block("2ms"), Ok(Duration::from_millis(2)));
-        assert!(parse_min_block("fast").expect_err("garbage").contains("invalid --min-block"));
+        assert!(
+            parse_min_block("fast")
+                .expect_err("garbage")
+                .contains("invalid --min-block")
+        );
         assert!(parse_min_block("-1us").is_err());
     }
 

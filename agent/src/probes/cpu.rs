@@ -11,21 +11,17 @@ use aya::{
         },
     },
 };
-use qprof_common::{
-    cpu::{
-        CONFIG_FILTER_BY_PID, MAP_CONFIG, MAP_SAMPLE_TOTAL, MAP_STACK_COUNTS,
-        MAP_TARGET_PIDS, StackKey,
-    },
+use qprof_common::cpu::{
+    CONFIG_FILTER_BY_PID, MAP_CONFIG, MAP_SAMPLE_TOTAL, MAP_STACK_COUNTS, MAP_TARGET_PIDS, StackKey,
 };
 
 use super::{
-    map_err, missing_map,
     ProbeError,
     cpu_queries::QueryLabels,
     discovery::NewPidWatcher,
-    queries::QueryError,
-    load_object,
+    load_object, map_err, missing_map,
     process_maps::ProcessMaps,
+    queries::QueryError,
     unwind::{FramePointerStacks, StackSource},
 };
 use crate::aggregate::stacks::{RawStack, StackCounts};
@@ -89,10 +85,12 @@ impl CpuSampler {
         }
         let watcher = NewPidWatcher::new(&mut ebpf, &config.pids)?;
         let queries = if config.by_query {
-            Some(QueryLabels::attach(&mut ebpf, &config.pids).map_err(|e| match e {
-                QueryError::Probe(p) => p,
-                QueryError::Format(f) => ProbeError::Tracefs(f.to_string()),
-            })?)
+            Some(
+                QueryLabels::attach(&mut ebpf, &config.pids).map_err(|e| match e {
+                    QueryError::Probe(p) => p,
+                    QueryError::Format(f) => ProbeError::Tracefs(f.to_string()),
+                })?,
+            )
         } else {
             None
         };

@@ -14,8 +14,7 @@ use qprof_common::{
 };
 
 use super::{
-    map, map_mut,
-    ProbeError,
+    ProbeError, map, map_mut,
     queries::{QueryError, QueryOptions, QueryTracer, events::QueryEvent},
 };
 use crate::aggregate::fingerprint::{id_hex, normalize_captured};
@@ -33,10 +32,25 @@ pub struct QueryLabels {
 impl QueryLabels {
     pub fn attach(ebpf: &mut Ebpf, pids: &[u32]) -> Result<Self, QueryError> {
         let map = map_mut(ebpf, MAP_CONFIG)?;
-        let mut cfg: Array<_, u64> = Array::try_from(map).map_err(|source| ProbeError::Map { name: MAP_CONFIG, source })?;
-        cfg.set(CONFIG_BY_QUERY, 1, 0).map_err(|source| ProbeError::Map { name: MAP_CONFIG, source })?;
-        let tracer = QueryTracer::attach(ebpf, &QueryOptions { pids: pids.to_vec() })?;
-        Ok(Self { tracer, fingerprints: HashMap::new() })
+        let mut cfg: Array<_, u64> = Array::try_from(map).map_err(|source| ProbeError::Map {
+            name: MAP_CONFIG,
+            source,
+        })?;
+        cfg.set(CONFIG_BY_QUERY, 1, 0)
+            .map_err(|source| ProbeError::Map {
+                name: MAP_CONFIG,
+                source,
+            })?;
+        let tracer = QueryTracer::attach(
+            ebpf,
+            &QueryOptions {
+                pids: pids.to_vec(),
+            },
+        )?;
+        Ok(Self {
+            tracer,
+            fingerprints: HashMap::new(),
+        })
     }
 
     /// Finds new libraries and learns texts (completions are not needed).
@@ -44,13 +58,21 @@ impl QueryLabels {
         let _ = self.tracer.scan(ebpf, false);
         let fingerprints = &mut self.fingerprints;
         self.tracer.poll(|ev| {
-            if let QueryEvent::Text { text_id, bytes, truncated, .. } = ev {
+            if let QueryEvent::Text {
+                text_id,
+                bytes,
+                truncated,
+                ..
+            } = ev
+            {
                 // Bounded like `record queries`' text table: past it, start
                 // over (samples of forgotten texts are labelled "unknown").
                 if fingerprints.len() >= MAX_TEXTS {
                     fingerprints.clear();
                 }
-                fingerprints.entry(text_id).or_insert_with(|| id_hex(normalize_captured(&bytes, truncated).id));
+                fingerprints
+                    .entry(text_id)
+                    .or_insert_with(|| id_hex(normalize_captured(&bytes, truncated).id));
             }
         });
     }
@@ -70,6 +92,9 @@ impl QueryLabels {
     /// The `query` label of a sample taken inside query `text_id`.
     #[must_use]
     pub fn label(&self, text_id: u64) -> String {
-        self.fingerprints.get(&text_id).cloned().unwrap_or_else(|| "unknown".to_owned())
+        self.fingerprints
+            .get(&text_id)
+            .cloned()
+            .unwrap_or_else(|| "unknown".to_owned())
     }
 }

@@ -25,19 +25,16 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
-use qprof_common::{
-    memory::{
-        AllocCounts, AllocKey, INTERVAL_SLOTS, LiveKey, MAP_ALLOCS, MAP_INTERVALS, MAP_LIVE,
-        MAP_STATS, Stat,
-    },
+use qprof_common::memory::{
+    AllocCounts, AllocKey, INTERVAL_SLOTS, LiveKey, MAP_ALLOCS, MAP_INTERVALS, MAP_LIVE, MAP_STATS,
+    Stat,
 };
 
 use self::allocators::{AllocatorError, AttachPoint, RETURN_PROGRAM};
 use super::{
-    map_err, missing_map,
     ProbeError,
     discovery::NewPidWatcher,
-    load_object,
+    load_object, map_err, missing_map,
     process_maps::ProcessMaps,
     unwind::{FramePointerStacks, StackSource},
 };

@@ -71,11 +71,17 @@ pub(crate) fn missing_map(name: &'static str) -> ProbeError {
     ProbeError::Missing { kind: "map", name }
 }
 
-pub(crate) fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, ProbeError> {
+pub(crate) fn map<'a>(
+    ebpf: &'a Ebpf,
+    name: &'static str,
+) -> Result<&'a aya::maps::Map, ProbeError> {
     ebpf.map(name).ok_or_else(|| missing_map(name))
 }
 
-pub(crate) fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, ProbeError> {
+pub(crate) fn map_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::maps::Map, ProbeError> {
     ebpf.map_mut(name).ok_or_else(|| missing_map(name))
 }
 
@@ -83,7 +89,8 @@ pub(crate) fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a 
 /// capability; a capture reports what its own programs counted.
 pub fn drop_counters(ebpf: &Ebpf) -> Result<Vec<(&'static str, u64)>, ProbeError> {
     let name = MAP_DROP_COUNTERS;
-    let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map(ebpf, name)?).map_err(map_err(name))?;
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(map(ebpf, name)?).map_err(map_err(name))?;
     let mut out = Vec::new();
     for counter in Counter::ALL {
         let values = counters.get(&(counter as u32), 0).map_err(map_err(name))?;

@@ -10,29 +10,29 @@ use aya::{
     maps::{Array, HashMap, PerCpuHashMap},
     programs::{BtfTracePoint, tp_btf::BtfTracePointLinkId},
 };
-use qprof_common::{
-    offcpu::{
-        MAP_CONFIG, MAP_COUNTS, MAP_START, MAP_TARGET_PIDS, OffcpuConfig, OffcpuKey, OffcpuStart,
-        OffcpuValue,
-    },
+use qprof_common::offcpu::{
+    MAP_CONFIG, MAP_COUNTS, MAP_START, MAP_TARGET_PIDS, OffcpuConfig, OffcpuKey, OffcpuStart,
+    OffcpuValue,
 };
 
 use super::{
-    map, map_err, map_mut, prog_err,
     ProbeError,
     cpu::comm_string,
     cpu_queries::QueryLabels,
-    drop_counters,
     discovery::NewPidWatcher,
-    load_object,
+    drop_counters, load_object, map, map_err, map_mut,
     process_maps::ProcessMaps,
+    prog_err,
     unwind::{FramePointerStacks, StackSource},
 };
-use kallsyms::Kallsyms;
 use crate::aggregate::stacks::{RawStack, StackCounts};
+use kallsyms::Kallsyms;
 
 /// (program, BTF tracepoint): the block starts, the block ends.
-const PROGRAMS: [(&str, &str); 2] = [("offcpu_switch", "sched_switch"), ("offcpu_back", "sched_exit_tp")];
+const PROGRAMS: [(&str, &str); 2] = [
+    ("offcpu_switch", "sched_switch"),
+    ("offcpu_back", "sched_exit_tp"),
+];
 
 /// What to trace.
 #[derive(Debug, Clone)]
@@ -74,9 +74,15 @@ pub enum OffcpuError {
     Queries(#[from] super::queries::QueryError),
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut BtfTracePoint, ProbeError> {
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut BtfTracePoint, ProbeError> {
     ebpf.program_mut(name)
-        .ok_or(ProbeError::Missing { kind: "program", name })?
+        .ok_or(ProbeError::Missing {
+            kind: "program",
+            name,
+        })?
         .try_into()
         .map_err(prog_err(name))
 }
@@ -92,25 +98,34 @@ impl OffcpuProfiler {
         let mut ebpf = load_object()?;
         {
             let map = map_mut(&mut ebpf, MAP_CONFIG)?;
-            let mut array: Array<_, OffcpuConfig> = Array::try_from(map).map_err(map_err(MAP_CONFIG))?;
+            let mut array: Array<_, OffcpuConfig> =
+                Array::try_from(map).map_err(map_err(MAP_CONFIG))?;
             array.set(0, config, 0).map_err(map_err(MAP_CONFIG))?;
         }
         if !options.pids.is_empty() {
-            let map = ebpf
-                .map_mut(MAP_TARGET_PIDS)
-                .ok_or(ProbeError::Missing { kind: "map", name: MAP_TARGET_PIDS })?;
-            let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(map_err(MAP_TARGET_PIDS))?;
+            let map = ebpf.map_mut(MAP_TARGET_PIDS).ok_or(ProbeError::Missing {
+                kind: "map",
+                name: MAP_TARGET_PIDS,
+            })?;
+            let mut pids: HashMap<_, u32, u8> =
+                HashMap::try_from(map).map_err(map_err(MAP_TARGET_PIDS))?;
             for pid in &options.pids {
                 pids.insert(pid, 1, 0).map_err(map_err(MAP_TARGET_PIDS))?;
             }
         }
         let watcher = NewPidWatcher::new(&mut ebpf, &options.pids)?;
-        let queries = if options.by_query { Some(QueryLabels::attach(&mut ebpf, &options.pids)?) } else { None };
+        let queries = if options.by_query {
+            Some(QueryLabels::attach(&mut ebpf, &options.pids)?)
+        } else {
+            None
+        };
         for (name, tracepoint) in PROGRAMS {
             match program(&mut ebpf, name)?.load(tracepoint, &btf) {
                 Ok(()) => {}
                 // The only BTF lookup is of the tracepoint's `btf_trace_*` type.
-                Err(aya::programs::ProgramError::Btf(_)) => return Err(OffcpuError::MissingTracepoint(tracepoint)),
+                Err(aya::programs::ProgramError::Btf(_)) => {
+                    return Err(OffcpuError::MissingTracepoint(tracepoint));
+                }
                 Err(e) => return Err(prog_err(name)(e).into()),
             }
         }
@@ -118,21 +133,34 @@ impl OffcpuProfiler {
         // could not end.
         let mut links = Vec::new();
         for (name, _) in PROGRAMS.iter().rev() {
-            links.push((*name, program(&mut ebpf, name)?.attach().map_err(prog_err(name))?));
+            links.push((
+                *name,
+                program(&mut ebpf, name)?.attach().map_err(prog_err(name))?,
+            ));
         }
-        Ok(Self { ebpf, links, watcher, min_block_ns: options.min_block_ns, queries })
+        Ok(Self {
+            ebpf,
+            links,
+            watcher,
+            min_block_ns: options.min_block_ns,
+            queries,
+        })
     }
 
     /// (tid, start, ns) for each traced thread still off the CPU now.
     fn still_blocked(&self) -> Result<Vec<(u32, OffcpuStart, u64)>, ProbeError> {
         let map = map(&self.ebpf, MAP_START)?;
         // An LRU hash reads like a hash from userspace.
-        let starts: HashMap<_, u32, OffcpuStart> = HashMap::try_from(map).map_err(map_err(MAP_START))?;
+        let starts: HashMap<_, u32, OffcpuStart> =
+            HashMap::try_from(map).map_err(map_err(MAP_START))?;
         let now = monotonic_ns();
         let mut out = Vec::new();
         for entry in &starts {
             let (tid, start) = entry.map_err(map_err(MAP_START))?;
-            if start.start_ns != 0 && now > start.start_ns && now - start.start_ns >= self.min_block_ns {
+            if start.start_ns != 0
+                && now > start.start_ns
+                && now - start.start_ns >= self.min_block_ns
+            {
                 out.push((tid, start, now - start.start_ns));
             }
         }
@@ -153,7 +181,9 @@ impl OffcpuProfiler {
         // Start first: a thread that came back between the two detaches
         // would otherwise keep a start and look blocked until now.
         for (name, link) in std::mem::take(&mut self.links).into_iter().rev() {
-            program(&mut self.ebpf, name)?.detach(link).map_err(prog_err(name))?;
+            program(&mut self.ebpf, name)?
+                .detach(link)
+                .map_err(prog_err(name))?;
         }
         if let Some(q) = self.queries.as_mut() {
             q.poll(&mut self.ebpf); // texts of queries still running
@@ -167,7 +197,9 @@ impl OffcpuProfiler {
         let mut stacks = StackCounts::default();
         for entry in &counts {
             let (key, per_cpu) = entry.map_err(map_err(MAP_COUNTS))?;
-            let (ns, blocks) = per_cpu.iter().fold((0u64, 0u64), |(n, c), v| (n + v.ns, c + v.count));
+            let (ns, blocks) = per_cpu
+                .iter()
+                .fold((0u64, 0u64), |(n, c), v| (n + v.ns, c + v.count));
             if blocks == 0 {
                 continue;
             }
@@ -185,11 +217,16 @@ impl OffcpuProfiler {
         }
         let mut unreadable = 0;
         for (tid, start, ns) in still_blocked {
-            let thread = still_blocked::read(&kallsyms, start.pid, tid, (start.user_ip, start.user_bp));
+            let thread =
+                still_blocked::read(&kallsyms, start.pid, tid, (start.user_ip, start.user_bp));
             if thread.user.is_empty() && thread.kernel.is_empty() {
                 unreadable += 1; // gone, or no CAP_SYS_PTRACE / kallsyms
             }
-            let query_id = if self.queries.is_some() { QueryLabels::active(&self.ebpf, tid) } else { 0 };
+            let query_id = if self.queries.is_some() {
+                QueryLabels::active(&self.ebpf, tid)
+            } else {
+                0
+            };
             stacks.add(RawStack {
                 pid: start.pid,
                 tid,
@@ -207,7 +244,11 @@ impl OffcpuProfiler {
         if self.watcher.maps.dropped > 0 {
             drops.push(("process_table_full", self.watcher.maps.dropped));
         }
-        Ok(OffcpuCapture { stacks, maps: self.watcher.finish(), drops })
+        Ok(OffcpuCapture {
+            stacks,
+            maps: self.watcher.finish(),
+            drops,
+        })
     }
 }
 
@@ -226,7 +267,10 @@ impl OffcpuProfiler {
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec we own; CLOCK_MONOTONIC
     // always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };

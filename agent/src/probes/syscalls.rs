@@ -6,15 +6,12 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuHashMap},
     programs::{RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
-use qprof_common::{
-    syscalls::{
-        MAP_COMMS, MAP_CONFIG, MAP_ERRNOS, MAP_STATS, MAP_TARGET_NRS, MAP_TARGET_PIDS, SysConfig,
-        SysErrKey, SysKey, SysStats,
-    },
+use qprof_common::syscalls::{
+    MAP_COMMS, MAP_CONFIG, MAP_ERRNOS, MAP_STATS, MAP_TARGET_NRS, MAP_TARGET_PIDS, SysConfig,
+    SysErrKey, SysKey, SysStats,
 };
 
-use super::{
-    map_err, prog_err, map_mut, map,ProbeError, cpu::comm_string, load_object};
+use super::{ProbeError, cpu::comm_string, load_object, map, map_err, map_mut, prog_err};
 use crate::aggregate::syscalls::SyscallTable;
 
 const PROGRAMS: [(&str, &str); 2] = [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")];

@@ -12,7 +12,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
-    programs::{BtfTracePoint, TracePoint, tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId},
+    programs::{
+        BtfTracePoint, TracePoint, tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
+    },
 };
 use qprof_common::{
     counters::{Counter, MAP_DROP_COUNTERS},
@@ -25,8 +27,7 @@ use qprof_common::{
 };
 
 pub use self::layout::{LayoutError, PROBE_PROGRAM, PROBE_TRACEPOINT, TRACEPOINTS};
-use super::{
-    map_err, map_mut, map,ProbeError, cpu::comm_string, load_object};
+use super::{ProbeError, cpu::comm_string, load_object, map, map_err, map_mut};
 use crate::aggregate::tcp::{Addr, Counts, Direction, HistKind, Peer, TcpTable};
 
 /// What can go wrong starting or reading the TCP tracer.
@@ -84,12 +85,19 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut TracePo
 }
 
 fn probe_err(source: aya::programs::ProgramError) -> TcpError {
-    TcpError::Attach { program: PROBE_PROGRAM, tracepoint: format!("{PROBE_TRACEPOINT} (BTF)"), source }
+    TcpError::Attach {
+        program: PROBE_PROGRAM,
+        tracepoint: format!("{PROBE_TRACEPOINT} (BTF)"),
+        source,
+    }
 }
 
 fn probe_program(ebpf: &mut Ebpf) -> Result<&mut BtfTracePoint, TcpError> {
     ebpf.program_mut(PROBE_PROGRAM)
-        .ok_or(ProbeError::Missing { kind: "program", name: PROBE_PROGRAM })?
+        .ok_or(ProbeError::Missing {
+            kind: "program",
+            name: PROBE_PROGRAM,
+        })?
         .try_into()
         .map_err(probe_err)
 }
@@ -149,7 +157,9 @@ impl TcpTracer {
     /// Detaches and reads every row out of the kernel.
     pub fn finish(mut self) -> Result<TcpTable, TcpError> {
         if let Some(link) = self.probe_link.take() {
-            probe_program(&mut self.ebpf)?.detach(link).map_err(probe_err)?;
+            probe_program(&mut self.ebpf)?
+                .detach(link)
+                .map_err(probe_err)?;
         }
         for (name, link) in std::mem::take(&mut self.links) {
             let prog = program(&mut self.ebpf, name)?;

@@ -29,8 +29,12 @@ impl FramePointerStacks {
     /// Takes the stack-trace map (shared by every stack-walking program)
     /// out of the object, once the programs that fill it are detached.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        let map = ebpf.take_map(MAP_STACK_TRACES).ok_or_else(|| missing_map(MAP_STACK_TRACES))?;
-        Ok(Self { map: StackTraceMap::try_from(map).map_err(map_err(MAP_STACK_TRACES))? })
+        let map = ebpf
+            .take_map(MAP_STACK_TRACES)
+            .ok_or_else(|| missing_map(MAP_STACK_TRACES))?;
+        Ok(Self {
+            map: StackTraceMap::try_from(map).map_err(map_err(MAP_STACK_TRACES))?,
+        })
     }
 }
 

@@ -117,7 +117,11 @@ pub fn mem_calloc(ctx: ProbeContext) -> u32 {
     // Not checked_mul: its 128-bit multiply has no BPF instruction (and
     // black_box stops LLVM from turning the division back into one).
     let limit = core::hint::black_box(u64::MAX.checked_div(n).unwrap_or(u64::MAX));
-    let total = if size > limit { 0 } else { n.wrapping_mul(size) };
+    let total = if size > limit {
+        0
+    } else {
+        n.wrapping_mul(size)
+    };
     memory::on_alloc_entry(&ctx, total, 0, 0);
     0
 }

@@ -6,8 +6,8 @@
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_ktime_get_ns, bpf_task_pt_regs,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_task_pt_regs,
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuHashMap},
@@ -60,7 +60,9 @@ fn now_ns() -> u64 {
 /// unsigned int prev_state)`, in the context of `prev`.
 #[inline(always)]
 pub fn on_switch(ctx: &BtfTracePointContext) {
-    let Some(config) = OFFCPU_CONFIG.get(0) else { return };
+    let Some(config) = OFFCPU_CONFIG.get(0) else {
+        return;
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if pid == 0 {
@@ -103,7 +105,9 @@ pub fn on_switch(ctx: &BtfTracePointContext) {
 pub fn on_sched_exit(ctx: &BtfTracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(slot) = OFFCPU_START.get_ptr_mut(tid) else { return };
+    let Some(slot) = OFFCPU_START.get_ptr_mut(tid) else {
+        return;
+    };
     // SAFETY: this thread's entry; copied, then marked consumed so that the
     // block is counted once.
     let start = unsafe {
@@ -115,7 +119,9 @@ pub fn on_sched_exit(ctx: &BtfTracePointContext) {
     if start.start_ns == 0 || now < start.start_ns {
         return;
     }
-    let Some(config) = OFFCPU_CONFIG.get(0) else { return };
+    let Some(config) = OFFCPU_CONFIG.get(0) else {
+        return;
+    };
     let blocked = now - start.start_ns;
     if blocked < config.min_block_ns {
         return;
@@ -142,7 +148,17 @@ pub fn on_sched_exit(ctx: &BtfTracePointContext) {
             (*value).ns += blocked;
             (*value).count += 1;
         }
-    } else if OFFCPU_COUNTS.insert(&key, OffcpuValue { ns: blocked, count: 1 }, 0).is_err() {
+    } else if OFFCPU_COUNTS
+        .insert(
+            &key,
+            OffcpuValue {
+                ns: blocked,
+                count: 1,
+            },
+            0,
+        )
+        .is_err()
+    {
         bump(Counter::OffcpuCountMapFull);
     }
 }

@@ -28,7 +28,8 @@ static QUERY_TEXTS_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(TEXT
 /// is outside any query), which costs a lookup per query instead of an
 /// insert and a delete; threads that are gone age out.
 #[map(name = "QUERY_ACTIVE")]
-pub static QUERY_ACTIVE: LruHashMap<u32, ActiveQuery> = LruHashMap::with_max_entries(ACTIVE_CAPACITY, 0);
+pub static QUERY_ACTIVE: LruHashMap<u32, ActiveQuery> =
+    LruHashMap::with_max_entries(ACTIVE_CAPACITY, 0);
 
 #[map(name = "QUERY_CONFIG")]
 static QUERY_CONFIG: Array<QueryConfig> = Array::with_max_entries(1, 0);
@@ -59,10 +60,15 @@ pub fn capture_text(db: u32, ptr: *const u8, limit: usize) -> Option<u64> {
     let scratch = QUERY_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot; no preemption between programs.
     let ev = unsafe { &mut *scratch };
-    let max = if limit > 0 && limit < TEXT_MAX { limit } else { TEXT_MAX };
+    let max = if limit > 0 && limit < TEXT_MAX {
+        limit
+    } else {
+        TEXT_MAX
+    };
     // SAFETY: the helper copies at most `max` (<= TEXT_MAX) bytes into the
     // scratch text and checks the user address itself.
-    let copied = unsafe { bpf_probe_read_user_str(ev.text.as_mut_ptr().cast(), max as u32, ptr.cast()) };
+    let copied =
+        unsafe { bpf_probe_read_user_str(ev.text.as_mut_ptr().cast(), max as u32, ptr.cast()) };
     if copied <= 0 {
         return None;
     }
@@ -141,9 +147,23 @@ pub fn emit_done(db: u32, text_id: u64, pid_tgid: u64, latency_ns: u64, rows: u6
 pub fn set_active(tid: u32, text_id: u64, db: u32) {
     if let Some(slot) = QUERY_ACTIVE.get_ptr_mut(tid) {
         // SAFETY: this thread's entry; only this thread's probes write it.
-        unsafe { *slot = ActiveQuery { text_id, db, pad: 0 } };
+        unsafe {
+            *slot = ActiveQuery {
+                text_id,
+                db,
+                pad: 0,
+            }
+        };
     } else {
-        let _ = QUERY_ACTIVE.insert(tid, ActiveQuery { text_id, db, pad: 0 }, 0);
+        let _ = QUERY_ACTIVE.insert(
+            tid,
+            ActiveQuery {
+                text_id,
+                db,
+                pad: 0,
+            },
+            0,
+        );
     }
 }
 

@@ -15,8 +15,8 @@ use qprof_common::{
     queries::{DB_POSTGRES, FNV_OFFSET, fnv1a_step},
     query_pq::{
         FD_QUEUE_SLOTS, FDS_CAPACITY, FdKey, KIND_EXTENDED, KIND_PREPARE, KIND_SIMPLE,
-        PendingQuery, PgFd, PqConfig, RecvArgs, STMT_NAMES_CAPACITY,
-        StmtKey, THREAD_PENDING_CAPACITY, THREAD_PENDING_SLOTS, ThreadPending,
+        PendingQuery, PgFd, PqConfig, RecvArgs, STMT_NAMES_CAPACITY, StmtKey,
+        THREAD_PENDING_CAPACITY, THREAD_PENDING_SLOTS, ThreadPending,
     },
 };
 
@@ -36,7 +36,8 @@ static PQ_FDS: LruHashMap<FdKey, PgFd> = LruHashMap::with_max_entries(FDS_CAPACI
 static PQ_RECV_ARGS: HashMap<u32, RecvArgs> = HashMap::with_max_entries(THREAD_PENDING_CAPACITY, 0);
 
 #[map(name = "PQ_STMT_NAMES")]
-static PQ_STMT_NAMES: LruHashMap<StmtKey, u64> = LruHashMap::with_max_entries(STMT_NAMES_CAPACITY, 0);
+static PQ_STMT_NAMES: LruHashMap<StmtKey, u64> =
+    LruHashMap::with_max_entries(STMT_NAMES_CAPACITY, 0);
 
 #[map(name = "PQ_CONFIG")]
 static PQ_CONFIG: Array<PqConfig> = Array::with_max_entries(1, 0);
@@ -82,7 +83,12 @@ pub fn on_send_prepare(ctx: &ProbeContext) {
     }
     let text = capture_text(DB_POSTGRES, query, 0);
     if let Some(id) = text {
-        let key = StmtKey { conn, name_hash: hash_name(name), pid, pad: 0 };
+        let key = StmtKey {
+            conn,
+            name_hash: hash_name(name),
+            pid,
+            pad: 0,
+        };
         let _ = PQ_STMT_NAMES.insert(&key, id, 0);
     }
     start(KIND_PREPARE, text);
@@ -94,7 +100,12 @@ pub fn on_send_query_prepared(ctx: &ProbeContext) {
     let conn: u64 = ctx.arg(0).unwrap_or(0);
     let name: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = StmtKey { conn, name_hash: hash_name(name), pid, pad: 0 };
+    let key = StmtKey {
+        conn,
+        name_hash: hash_name(name),
+        pid,
+        pad: 0,
+    };
     // SAFETY: value copied out at once.
     let text = unsafe { PQ_STMT_NAMES.get(&key) }.copied();
     // A statement prepared before the capture started has no known text:
@@ -152,7 +163,9 @@ fn start(kind: u32, text: Option<u64>) {
     if !wanted(pid) {
         return;
     }
-    let Some(pending) = thread_pending(tid) else { return };
+    let Some(pending) = thread_pending(tid) else {
+        return;
+    };
     // SAFETY: this thread's entry; only this thread writes it.
     let pending = unsafe { &mut *pending };
     let n = pending.count as usize;
@@ -160,7 +173,14 @@ fn start(kind: u32, text: Option<u64>) {
         bump(Counter::QueryQueueFull);
         return;
     };
-    *slot = PendingQuery { start_ns: now_ns(), text_id, kind, tid, rows: 0, error: 0 };
+    *slot = PendingQuery {
+        start_ns: now_ns(),
+        text_id,
+        kind,
+        tid,
+        rows: 0,
+        error: 0,
+    };
     pending.count = (n + 1).min(THREAD_PENDING_SLOTS) as u32;
     if kind != KIND_PREPARE {
         set_active(tid, text_id, DB_POSTGRES);
@@ -186,16 +206,23 @@ fn thread_pending(tid: u32) -> Option<*mut ThreadPending> {
 pub fn on_sendto(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(pending) = PQ_THREAD_PENDING.get_ptr_mut(tid) else { return };
+    let Some(pending) = PQ_THREAD_PENDING.get_ptr_mut(tid) else {
+        return;
+    };
     // SAFETY: this thread's entry.
     let pending = unsafe { &mut *pending };
     if pending.count == 0 {
         return;
     }
-    let Some(config) = PQ_CONFIG.get(0) else { return };
+    let Some(config) = PQ_CONFIG.get(0) else {
+        return;
+    };
     // SAFETY: reads the record at a format-file offset via the checked helper.
     let fd: u64 = unsafe { ctx.read_at(config.off_sendto_fd as usize) }.unwrap_or(u64::MAX);
-    let key = FdKey { pid: (pid_tgid >> 32) as u32, fd: fd as u32 };
+    let key = FdKey {
+        pid: (pid_tgid >> 32) as u32,
+        fd: fd as u32,
+    };
     let Some(conn) = fd_state(&key) else {
         pending.count = 0;
         return;
@@ -211,7 +238,9 @@ pub fn on_sendto(ctx: &TracePointContext) {
             bump(Counter::QueryQueueFull);
             break;
         }
-        let Some(item) = pending.items.get(core::hint::black_box(i)) else { break };
+        let Some(item) = pending.items.get(core::hint::black_box(i)) else {
+            break;
+        };
         let slot = core::hint::black_box(conn.tail as usize % FD_QUEUE_SLOTS);
         if let Some(dst) = conn.queue.get_mut(slot) {
             *dst = *item;
@@ -238,18 +267,31 @@ fn fd_state(key: &FdKey) -> Option<*mut PgFd> {
 /// followed connection.
 #[inline(always)]
 pub fn on_recvfrom_enter(ctx: &TracePointContext) {
-    let Some(config) = PQ_CONFIG.get(0) else { return };
+    let Some(config) = PQ_CONFIG.get(0) else {
+        return;
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: format-file offsets, checked reads.
     let fd: u64 = unsafe { ctx.read_at(config.off_recvfrom_fd as usize) }.unwrap_or(u64::MAX);
-    let key = FdKey { pid: (pid_tgid >> 32) as u32, fd: fd as u32 };
+    let key = FdKey {
+        pid: (pid_tgid >> 32) as u32,
+        fd: fd as u32,
+    };
     // SAFETY: presence check only.
     if unsafe { PQ_FDS.get(&key) }.is_none() {
         return;
     }
     // SAFETY: as above.
     let buf: u64 = unsafe { ctx.read_at(config.off_recvfrom_buf as usize) }.unwrap_or(0);
-    let _ = PQ_RECV_ARGS.insert(pid_tgid as u32, RecvArgs { buf, fd: fd as u32, pad: 0 }, 0);
+    let _ = PQ_RECV_ARGS.insert(
+        pid_tgid as u32,
+        RecvArgs {
+            buf,
+            fd: fd as u32,
+            pad: 0,
+        },
+        0,
+    );
 }
 
 /// `syscalls:sys_exit_recvfrom`: parse what arrived.
@@ -258,16 +300,25 @@ pub fn on_recvfrom_exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // SAFETY: copied out at once.
-    let Some(args) = (unsafe { PQ_RECV_ARGS.get(tid) }).copied() else { return };
+    let Some(args) = (unsafe { PQ_RECV_ARGS.get(tid) }).copied() else {
+        return;
+    };
     let _ = PQ_RECV_ARGS.remove(tid);
-    let Some(config) = PQ_CONFIG.get(0) else { return };
+    let Some(config) = PQ_CONFIG.get(0) else {
+        return;
+    };
     // SAFETY: format-file offset, checked read.
     let ret: i64 = unsafe { ctx.read_at(config.off_exit_ret as usize) }.unwrap_or(-1);
     if ret <= 0 {
         return;
     }
-    let key = FdKey { pid: (pid_tgid >> 32) as u32, fd: args.fd };
-    let Some(conn) = PQ_FDS.get_ptr_mut(&key) else { return };
+    let key = FdKey {
+        pid: (pid_tgid >> 32) as u32,
+        fd: args.fd,
+    };
+    let Some(conn) = PQ_FDS.get_ptr_mut(&key) else {
+        return;
+    };
     // SAFETY: the connection's entry (see on_sendto).
     let conn = unsafe { &mut *conn };
     crate::query_pq_wire::parse(conn, args.buf as *const u8, ret as u64, pid_tgid);
@@ -281,14 +332,27 @@ pub fn complete_head(conn: &mut PgFd, pid_tgid: u64, rows_known: bool) {
     }
     let slot = core::hint::black_box(conn.head as usize % FD_QUEUE_SLOTS);
     conn.head = conn.head.wrapping_add(1);
-    let Some(q) = conn.queue.get(slot) else { return };
+    let Some(q) = conn.queue.get(slot) else {
+        return;
+    };
     clear_active(q.tid);
     if q.kind == KIND_PREPARE {
         return;
     }
     let latency = now_ns().saturating_sub(q.start_ns);
-    let rows = if rows_known { u64::from(q.rows) } else { NO_ROWS };
-    emit_done(DB_POSTGRES, q.text_id, (pid_tgid & !0xffff_ffff) | u64::from(q.tid), latency, rows, q.error != 0);
+    let rows = if rows_known {
+        u64::from(q.rows)
+    } else {
+        NO_ROWS
+    };
+    emit_done(
+        DB_POSTGRES,
+        q.text_id,
+        (pid_tgid & !0xffff_ffff) | u64::from(q.tid),
+        latency,
+        rows,
+        q.error != 0,
+    );
 }
 
 /// Kind of the query at the head, 0 when none is in flight.
@@ -297,7 +361,9 @@ pub fn head_kind(conn: &PgFd) -> u32 {
     if conn.head == conn.tail {
         return 0;
     }
-    conn.queue.get(core::hint::black_box(conn.head as usize % FD_QUEUE_SLOTS)).map_or(0, |q| q.kind)
+    conn.queue
+        .get(core::hint::black_box(conn.head as usize % FD_QUEUE_SLOTS))
+        .map_or(0, |q| q.kind)
 }
 
 /// Marks the head query (rows or error).
@@ -306,5 +372,6 @@ pub fn head_mut(conn: &mut PgFd) -> Option<&mut PendingQuery> {
     if conn.head == conn.tail {
         return None;
     }
-    conn.queue.get_mut(core::hint::black_box(conn.head as usize % FD_QUEUE_SLOTS))
+    conn.queue
+        .get_mut(core::hint::black_box(conn.head as usize % FD_QUEUE_SLOTS))
 }

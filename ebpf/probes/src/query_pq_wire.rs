@@ -46,7 +46,14 @@ pub fn parse(conn: &mut PgFd, buf: *const u8, n: u64, pid_tgid: u64) {
         conn.skip -= take as u32;
         off = take;
     }
-    let mut walk = Walk { conn: core::ptr::from_mut(conn), buf, n, off, pid_tgid, lost: 0 };
+    let mut walk = Walk {
+        conn: core::ptr::from_mut(conn),
+        buf,
+        n,
+        off,
+        pid_tgid,
+        lost: 0,
+    };
     // SAFETY: `step` is a BPF subprogram with the callback signature the
     // helper expects; `walk` lives on this stack for the whole call.
     unsafe {
@@ -80,7 +87,9 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     // SAFETY: user memory through the checked helper.
-    let Ok(raw) = (unsafe { bpf_probe_read_user(walk.buf.add(walk.off as usize).cast::<[u8; 5]>()) }) else {
+    let Ok(raw) =
+        (unsafe { bpf_probe_read_user(walk.buf.add(walk.off as usize).cast::<[u8; 5]>()) })
+    else {
         walk.lost = 1;
         return 1;
     };
@@ -157,7 +166,10 @@ fn resync_at_end(conn: &mut PgFd, buf: *const u8, n: u64, pid_tgid: u64) {
         return;
     }
     // SAFETY: user memory through the checked helper.
-    let Ok(tail) = (unsafe { bpf_probe_read_user(buf.add((n - 6) as usize).cast::<[u8; 6]>()) }) else { return };
+    let Ok(tail) = (unsafe { bpf_probe_read_user(buf.add((n - 6) as usize).cast::<[u8; 6]>()) })
+    else {
+        return;
+    };
     if tail[0] == b'Z' && tail[1..5] == [0, 0, 0, 5] {
         for _ in 0..16 {
             if head_kind(conn) == 0 {

@@ -16,8 +16,8 @@ use qprof_common::{
     counters::Counter,
     hist::bucket_of,
     syscalls::{
-        COMMS_CAPACITY, ERRNOS_CAPACITY, INFLIGHT_CAPACITY, Inflight, MAX_SYSCALL_NR,
-        INLINE_PIDS, STATS_CAPACITY, SysConfig, SysErrKey, SysKey, SysStats, TARGET_PIDS_CAPACITY,
+        COMMS_CAPACITY, ERRNOS_CAPACITY, INFLIGHT_CAPACITY, INLINE_PIDS, Inflight, MAX_SYSCALL_NR,
+        STATS_CAPACITY, SysConfig, SysErrKey, SysKey, SysStats, TARGET_PIDS_CAPACITY,
     },
 };
 

@@ -56,13 +56,26 @@ pub fn run() -> anyhow::Result<ExitCode> {
 
 type Condition<'a> = (&'a str, Option<&'a [&'a str]>);
 
-fn report(qprof: &Path, fixture: &Path, conditions: &[Condition<'_>], scratch: &Scratch, one_cpu: bool) -> anyhow::Result<()> {
-    let placement = if one_cpu { "both threads on CPU 0" } else { "threads on CPUs 0 and 1" };
+fn report(
+    qprof: &Path,
+    fixture: &Path,
+    conditions: &[Condition<'_>],
+    scratch: &Scratch,
+    one_cpu: bool,
+) -> anyhow::Result<()> {
+    let placement = if one_cpu {
+        "both threads on CPU 0"
+    } else {
+        "threads on CPUs 0 and 1"
+    };
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); conditions.len()];
     for round in 0..ROUNDS {
         for (i, (name, extra)) in conditions.iter().enumerate() {
             let rate = measure(qprof, fixture, *extra, scratch, one_cpu)?;
-            eprintln!("  {placement}, round {}: {name}: {rate:.0} round trips/s", round + 1);
+            eprintln!(
+                "  {placement}, round {}: {name}: {rate:.0} round trips/s",
+                round + 1
+            );
             results[i].push(rate);
         }
     }
@@ -73,7 +86,9 @@ fn report(qprof: &Path, fixture: &Path, conditions: &[Condition<'_>], scratch: &
             v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
         })
         .collect();
-    println!("pipe ping-pong ({placement}), {SECONDS} s per run, median of {ROUNDS} interleaved rounds:");
+    println!(
+        "pipe ping-pong ({placement}), {SECONDS} s per run, median of {ROUNDS} interleaved rounds:"
+    );
     println!("| condition | round trips/s | ratio to untraced | target |");
     println!("| --- | --- | --- | --- |");
     for ((name, _), rate) in conditions.iter().zip(&medians) {
@@ -110,7 +125,10 @@ fn measure(
     };
     let mut cmd = if one_cpu {
         let mut taskset = Command::new("taskset");
-        taskset.args(["-c", "0"]).arg(fixture).arg(SECONDS.to_string());
+        taskset
+            .args(["-c", "0"])
+            .arg(fixture)
+            .arg(SECONDS.to_string());
         taskset
     } else {
         let mut split = Command::new(fixture);

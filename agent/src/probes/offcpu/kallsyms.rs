@@ -18,7 +18,9 @@ impl Kallsyms {
     /// Reads `/proc/kallsyms`; empty if unreadable.
     #[must_use]
     pub fn load() -> Self {
-        std::fs::read_to_string("/proc/kallsyms").map(|t| Self::parse(&t)).unwrap_or_default()
+        std::fs::read_to_string("/proc/kallsyms")
+            .map(|t| Self::parse(&t))
+            .unwrap_or_default()
     }
 
     /// Text symbols (`t`/`T`) with a non-zero address; the first of
@@ -29,7 +31,8 @@ impl Kallsyms {
         let mut starts = Vec::new();
         for line in text.lines() {
             let mut fields = line.split_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next())
+            let (Some(addr), Some(kind), Some(name)) =
+                (fields.next(), fields.next(), fields.next())
             else {
                 continue;
             };
@@ -61,7 +64,9 @@ impl Kallsyms {
     /// the same in every sample and of no interest. A stack without
     /// `__schedule` is kept whole.
     pub fn trim_to_schedule(&self, frames: &mut Vec<u64>) {
-        let Some((start, end)) = self.schedule else { return };
+        let Some((start, end)) = self.schedule else {
+            return;
+        };
         // Return addresses point just past the call: inside the caller.
         if let Some(at) = frames.iter().position(|&ip| ip > start && ip <= end) {
             frames.drain(..at);
@@ -106,13 +111,21 @@ mod tests {
         assert_eq!(syms.address("mod_fn"), Some(0xffff_ffff_a000_0000));
         assert_eq!(syms.address("some_data"), None);
         assert_eq!(syms.address("hidden"), None);
-        assert_eq!(syms.schedule, Some((0xffff_ffff_8100_3000, 0xffff_ffff_8100_3800)));
+        assert_eq!(
+            syms.schedule,
+            Some((0xffff_ffff_8100_3000, 0xffff_ffff_8100_3800))
+        );
     }
 
     #[test]
     fn trims_tracing_frames_above_schedule() {
         let syms = Kallsyms::parse(TEXT);
-        let mut frames = vec![0xffff_ffff_a000_0010, 0xffff_ffff_8100_1010, 0xffff_ffff_8100_3123, 0xffff_ffff_8100_3810];
+        let mut frames = vec![
+            0xffff_ffff_a000_0010,
+            0xffff_ffff_8100_1010,
+            0xffff_ffff_8100_3123,
+            0xffff_ffff_8100_3810,
+        ];
         syms.trim_to_schedule(&mut frames);
         assert_eq!(frames, vec![0xffff_ffff_8100_3123, 0xffff_ffff_8100_3810]);
         let mut without = vec![0xffff_ffff_8100_1010, 0xffff_ffff_8100_0010];

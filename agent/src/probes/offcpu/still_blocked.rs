@@ -24,12 +24,21 @@ pub struct BlockedThread {
 #[must_use]
 pub fn read(kallsyms: &Kallsyms, pid: u32, tid: u32, (ip, bp): (u64, u64)) -> BlockedThread {
     let task = format!("/proc/{pid}/task/{tid}");
-    let comm = std::fs::read_to_string(format!("{task}/comm")).map(|c| c.trim_end().to_owned()).unwrap_or_default();
+    let comm = std::fs::read_to_string(format!("{task}/comm"))
+        .map(|c| c.trim_end().to_owned())
+        .unwrap_or_default();
     let kernel = std::fs::read_to_string(format!("{task}/stack"))
         .map(|text| kallsyms.resolve_proc_stack(&text))
         .unwrap_or_default();
-    let is_kthread = std::fs::read_to_string(format!("{task}/stat")).ok().and_then(|s| stat_flags(&s)).is_none_or(|f| f & PF_KTHREAD != 0);
-    let user = if is_kthread { Vec::new() } else { walk_user(|addr| read_pair(pid, addr), ip, bp) };
+    let is_kthread = std::fs::read_to_string(format!("{task}/stat"))
+        .ok()
+        .and_then(|s| stat_flags(&s))
+        .is_none_or(|f| f & PF_KTHREAD != 0);
+    let user = if is_kthread {
+        Vec::new()
+    } else {
+        walk_user(|addr| read_pair(pid, addr), ip, bp)
+    };
     BlockedThread { comm, user, kernel }
 }
 
@@ -50,7 +59,9 @@ fn walk_user(read: impl Fn(u64) -> Option<(u64, u64)>, ip: u64, mut bp: u64) -> 
     }
     frames.push(ip);
     while frames.len() < MAX_FRAMES && bp != 0 && bp.is_multiple_of(8) {
-        let Some((next_bp, ret)) = read(bp) else { break };
+        let Some((next_bp, ret)) = read(bp) else {
+            break;
+        };
         if ret == 0 {
             break;
         }
@@ -66,12 +77,27 @@ fn walk_user(read: impl Fn(u64) -> Option<(u64, u64)>, ip: u64, mut bp: u64) -> 
 /// The saved frame pointer and return address at `addr` in `pid`.
 fn read_pair(pid: u32, addr: u64) -> Option<(u64, u64)> {
     let mut buf = [0u64; 2];
-    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: 16 };
-    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: 16 };
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: 16,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: 16,
+    };
     // SAFETY: one local iovec over `buf`, which we own and which outlives
     // the call; the remote address is only read by the kernel, which checks
     // it against the target's address space.
-    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &raw const local, 1, &raw const remote, 1, 0) };
+    let n = unsafe {
+        libc::process_vm_readv(
+            pid as libc::pid_t,
+            &raw const local,
+            1,
+            &raw const remote,
+            1,
+            0,
+        )
+    };
     (n == 16).then_some((buf[0], buf[1]))
 }
 
@@ -83,15 +109,33 @@ mod tests {
 
     #[test]
     fn walks_the_chain_until_it_stops_moving_up() {
-        let memory: HashMap<u64, (u64, u64)> =
-            HashMap::from([(0x1000, (0x1040, 0xaa)), (0x1040, (0x1080, 0xbb)), (0x1080, (0x1000, 0xcc))]);
+        let memory: HashMap<u64, (u64, u64)> = HashMap::from([
+            (0x1000, (0x1040, 0xaa)),
+            (0x1040, (0x1080, 0xbb)),
+            (0x1080, (0x1000, 0xcc)),
+        ]);
         let frames = walk_user(|a| memory.get(&a).copied(), 0x99, 0x1000);
-        assert_eq!(frames, vec![0x99, 0xaa, 0xbb, 0xcc], "a loop back down the stack ends the walk");
-        assert_eq!(walk_user(|a| memory.get(&a).copied(), 0x99, 0x2000), vec![0x99], "unreadable frame");
-        assert_eq!(walk_user(|a| memory.get(&a).copied(), 0x99, 0x1001), vec![0x99], "misaligned frame pointer");
+        assert_eq!(
+            frames,
+            vec![0x99, 0xaa, 0xbb, 0xcc],
+            "a loop back down the stack ends the walk"
+        );
+        assert_eq!(
+            walk_user(|a| memory.get(&a).copied(), 0x99, 0x2000),
+            vec![0x99],
+            "unreadable frame"
+        );
+        assert_eq!(
+            walk_user(|a| memory.get(&a).copied(), 0x99, 0x1001),
+            vec![0x99],
+            "misaligned frame pointer"
+        );
         assert!(walk_user(|a| memory.get(&a).copied(), 0, 0x1000).is_empty());
         let zero_ret = HashMap::from([(0x1000, (0x1040, 0))]);
-        assert_eq!(walk_user(|a| zero_ret.get(&a).copied(), 0x99, 0x1000), vec![0x99]);
+        assert_eq!(
+            walk_user(|a| zero_ret.get(&a).copied(), 0x99, 0x1000),
+            vec![0x99]
+        );
     }
 
     #[test]

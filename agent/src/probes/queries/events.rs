@@ -5,7 +5,12 @@ use qprof_common::queries::{DoneEvent, EVENT_DONE, EVENT_TEXT, TEXT_MAX, TextEve
 /// One record from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryEvent {
-    Text { db: u32, text_id: u64, bytes: Vec<u8>, truncated: bool },
+    Text {
+        db: u32,
+        text_id: u64,
+        bytes: Vec<u8>,
+        truncated: bool,
+    },
     Done(DoneEvent),
 }
 
@@ -30,7 +35,9 @@ pub fn decode(record: &[u8]) -> Option<QueryEvent> {
         }
         EVENT_DONE if record.len() >= size_of::<DoneEvent>() => {
             // SAFETY: as above, for DoneEvent.
-            Some(QueryEvent::Done(unsafe { record.as_ptr().cast::<DoneEvent>().read_unaligned() }))
+            Some(QueryEvent::Done(unsafe {
+                record.as_ptr().cast::<DoneEvent>().read_unaligned()
+            }))
         }
         _ => None,
     }
@@ -42,24 +49,49 @@ mod tests {
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a plain-data struct as bytes.
-        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }.to_vec()
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
     }
 
     /// Text and completion records round-trip; short and unknown ones are refused.
     #[test]
     fn decodes_records() {
-        let mut text = TextEvent { kind: EVENT_TEXT, db: 1, text_id: 7, len: 5, truncated: 0, text: [0; TEXT_MAX] };
+        let mut text = TextEvent {
+            kind: EVENT_TEXT,
+            db: 1,
+            text_id: 7,
+            len: 5,
+            truncated: 0,
+            text: [0; TEXT_MAX],
+        };
         text.text[..5].copy_from_slice(b"BEGIN");
         assert_eq!(
             decode(&bytes_of(&text)),
-            Some(QueryEvent::Text { db: 1, text_id: 7, bytes: b"BEGIN".to_vec(), truncated: false })
+            Some(QueryEvent::Text {
+                db: 1,
+                text_id: 7,
+                bytes: b"BEGIN".to_vec(),
+                truncated: false
+            })
         );
-        let done = DoneEvent { kind: EVENT_DONE, db: 1, text_id: 7, pid: 3, tid: 4, latency_ns: 99, rows: 1, error: 0, pad: 0 };
+        let done = DoneEvent {
+            kind: EVENT_DONE,
+            db: 1,
+            text_id: 7,
+            pid: 3,
+            tid: 4,
+            latency_ns: 99,
+            rows: 1,
+            error: 0,
+            pad: 0,
+        };
         assert_eq!(decode(&bytes_of(&done)), Some(QueryEvent::Done(done)));
         assert_eq!(decode(&bytes_of(&done)[..20]), None);
         assert_eq!(decode(&[9, 0, 0, 0, 1, 2]), None);
         assert_eq!(decode(&[]), None);
         text.len = 60_000;
-        assert!(matches!(decode(&bytes_of(&text)), Some(QueryEvent::Text { bytes, .. }) if bytes.len() == TEXT_MAX));
+        assert!(
+            matches!(decode(&bytes_of(&text)), Some(QueryEvent::Text { bytes, .. }) if bytes.len() == TEXT_MAX)
+        );
     }
 }

@@ -18,7 +18,10 @@ use aya::{
 };
 use blazesym::{
     SymType,
-    inspect::{Inspector, source::{Elf, Source}},
+    inspect::{
+        Inspector,
+        source::{Elf, Source},
+    },
 };
 
 use crate::probes::{ProbeError, memory::placement};
@@ -34,13 +37,21 @@ pub const PROBES: [(&str, &str); 4] = [
 ];
 
 /// Where distributions install shared libraries (`x86_64`).
-const SYSTEM_LIB_DIRS: [&str; 5] =
-    ["/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"];
+const SYSTEM_LIB_DIRS: [&str; 5] = [
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+];
 
 /// Whether a mapped path is a libpq shared object.
 #[must_use]
 pub fn is_libpq(path: &str) -> bool {
-    Path::new(path).file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libpq.so"))
+    Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("libpq.so"))
 }
 
 /// Libraries attached so far, by (dev, inode).
@@ -59,7 +70,12 @@ impl PgProbes {
             return Ok(());
         }
         for (program, _) in PROBES {
-            uprobe(ebpf, program)?.load().map_err(|source| ProbeError::Program { name: program, source })?;
+            uprobe(ebpf, program)?
+                .load()
+                .map_err(|source| ProbeError::Program {
+                    name: program,
+                    source,
+                })?;
         }
         self.loaded = true;
         Ok(())
@@ -71,7 +87,9 @@ impl PgProbes {
     pub fn scan_system(&mut self, ebpf: &mut Ebpf) -> Result<usize, ProbeError> {
         let mut new = 0;
         for dir in SYSTEM_LIB_DIRS {
-            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
             for entry in entries.filter_map(Result::ok) {
                 let path = entry.path();
                 let Some(name) = path.to_str() else { continue };
@@ -86,9 +104,15 @@ impl PgProbes {
     /// Attaches to every libpq mapped by `pid` not attached yet. Returns how
     /// many files were newly attached.
     pub fn scan_pid(&mut self, ebpf: &mut Ebpf, pid: u32) -> Result<usize, ProbeError> {
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return Ok(0) };
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return Ok(0);
+        };
         let mut new = 0;
-        for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| is_libpq(p)) {
+        for path in maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .filter(|p| is_libpq(p))
+        {
             // Through the process's root, so container files resolve.
             let full = PathBuf::from(format!("/proc/{pid}/root{path}"));
             new += self.attach_or_warn(ebpf, &full, Path::new(path));
@@ -102,15 +126,25 @@ impl PgProbes {
         match self.attach_file(ebpf, full, shown) {
             Ok(n) => n,
             Err(err) => {
-                eprintln!("qprof: cannot trace queries through {}: {err}", shown.display());
+                eprintln!(
+                    "qprof: cannot trace queries through {}: {err}",
+                    shown.display()
+                );
                 0
             }
         }
     }
 
     /// Attaches the probes to `full` unless its (dev, inode) already is.
-    fn attach_file(&mut self, ebpf: &mut Ebpf, full: &Path, shown: &Path) -> Result<usize, ProbeError> {
-        let Ok(meta) = std::fs::metadata(full) else { return Ok(0) };
+    fn attach_file(
+        &mut self,
+        ebpf: &mut Ebpf,
+        full: &Path,
+        shown: &Path,
+    ) -> Result<usize, ProbeError> {
+        let Ok(meta) = std::fs::metadata(full) else {
+            return Ok(0);
+        };
         if !self.attached.insert((meta.dev(), meta.ino())) {
             return Ok(0);
         }
@@ -125,7 +159,10 @@ impl PgProbes {
             };
             uprobe(ebpf, program)?
                 .attach(location, full, UProbeScope::AllProcesses)
-                .map_err(|source| ProbeError::Program { name: program, source })?;
+                .map_err(|source| ProbeError::Program {
+                    name: program,
+                    source,
+                })?;
         }
         self.files.push(shown.to_path_buf());
         Ok(1)
@@ -141,7 +178,11 @@ fn symbol_offsets(file: &Path) -> Vec<Option<u64>> {
     match Inspector::new().lookup(&Source::Elf(elf), &names) {
         Ok(found) => found
             .iter()
-            .map(|syms| syms.iter().filter(|s| s.sym_type == SymType::Function).find_map(|s| s.file_offset))
+            .map(|syms| {
+                syms.iter()
+                    .filter(|s| s.sym_type == SymType::Function)
+                    .find_map(|s| s.file_offset)
+            })
             .collect(),
         Err(_) => vec![None; PROBES.len()],
     }
@@ -152,7 +193,9 @@ fn symbol_offsets(file: &Path) -> Vec<Option<u64>> {
 /// it only sets the third argument, which none of these probes reads
 /// (`PQsendQuery` is `mov $1, %edx; jmp PQsendQueryInternal` in libpq 15).
 fn probe_skip(file: &Path, offset: u64) -> u64 {
-    let Some(code) = placement::read_code(file, offset) else { return 0 };
+    let Some(code) = placement::read_code(file, offset) else {
+        return 0;
+    };
     if let [0xba, _, _, _, _, rest @ ..] = code.as_slice()
         && is_jump(rest)
     {
@@ -169,7 +212,10 @@ fn is_jump(code: &[u8]) -> bool {
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
     ebpf.program_mut(name)
-        .ok_or(ProbeError::Missing { kind: "program", name })?
+        .ok_or(ProbeError::Missing {
+            kind: "program",
+            name,
+        })?
         .try_into()
         .map_err(|source| ProbeError::Program { name, source })
 }

@@ -23,7 +23,10 @@ use self::{
     events::{QueryEvent, decode},
     libpq::PgProbes,
 };
-use super::{ProbeError, load_object, map_mut, missing_map, query_sqlite::SqliteProbes, tracefs::TracepointFormat};
+use super::{
+    ProbeError, load_object, map_mut, missing_map, query_sqlite::SqliteProbes,
+    tracefs::TracepointFormat,
+};
 
 /// Syscall tracepoints that complete libpq queries: (program, event).
 const PQ_TRACEPOINTS: [(&str, &str); 3] = [
@@ -79,14 +82,32 @@ impl QueryTracer {
         for (program, event) in PQ_TRACEPOINTS {
             let tp: &mut TracePoint = ebpf
                 .program_mut(program)
-                .ok_or(ProbeError::Missing { kind: "program", name: program })?
+                .ok_or(ProbeError::Missing {
+                    kind: "program",
+                    name: program,
+                })?
                 .try_into()
-                .map_err(|source| ProbeError::Program { name: program, source })?;
-            tp.load().map_err(|source| ProbeError::Program { name: program, source })?;
-            tp.attach("syscalls", event).map_err(|source| ProbeError::Program { name: program, source })?;
+                .map_err(|source| ProbeError::Program {
+                    name: program,
+                    source,
+                })?;
+            tp.load().map_err(|source| ProbeError::Program {
+                name: program,
+                source,
+            })?;
+            tp.attach("syscalls", event)
+                .map_err(|source| ProbeError::Program {
+                    name: program,
+                    source,
+                })?;
         }
-        let map = ebpf.take_map(MAP_EVENTS).ok_or_else(|| missing_map(MAP_EVENTS))?;
-        let events = RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: MAP_EVENTS, source })?;
+        let map = ebpf
+            .take_map(MAP_EVENTS)
+            .ok_or_else(|| missing_map(MAP_EVENTS))?;
+        let events = RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: MAP_EVENTS,
+            source,
+        })?;
         let sqlite = SqliteProbes::attach(ebpf, &options.pids)?;
         let mut tracer = Self {
             events,
@@ -111,7 +132,11 @@ impl QueryTracer {
         if all {
             self.last_full_scan = Instant::now();
         }
-        let pids: Vec<u32> = if self.options.pids.is_empty() { live_pids() } else { self.options.pids.clone() };
+        let pids: Vec<u32> = if self.options.pids.is_empty() {
+            live_pids()
+        } else {
+            self.options.pids.clone()
+        };
         if all {
             // Forget processes that are gone, so the set stays the size of
             // the live process table over a long capture.
@@ -150,17 +175,34 @@ impl QueryTracer {
 }
 
 fn configure(ebpf: &mut Ebpf, options: &QueryOptions) -> Result<(), QueryError> {
-    let config = QueryConfig { filter_pids: u32::from(!options.pids.is_empty()), pad: 0 };
+    let config = QueryConfig {
+        filter_pids: u32::from(!options.pids.is_empty()),
+        pad: 0,
+    };
     let map = map_mut(ebpf, MAP_CONFIG)?;
     let mut array: Array<_, QueryConfig> =
-        Array::try_from(map).map_err(|source| ProbeError::Map { name: MAP_CONFIG, source })?;
-    array.set(0, config, 0).map_err(|source| ProbeError::Map { name: MAP_CONFIG, source })?;
+        Array::try_from(map).map_err(|source| ProbeError::Map {
+            name: MAP_CONFIG,
+            source,
+        })?;
+    array.set(0, config, 0).map_err(|source| ProbeError::Map {
+        name: MAP_CONFIG,
+        source,
+    })?;
     if !options.pids.is_empty() {
         let map = map_mut(ebpf, MAP_TARGET_PIDS)?;
         let mut targets: HashMap<_, u32, u8> =
-            HashMap::try_from(map).map_err(|source| ProbeError::Map { name: MAP_TARGET_PIDS, source })?;
+            HashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: MAP_TARGET_PIDS,
+                source,
+            })?;
         for pid in &options.pids {
-            targets.insert(pid, 1, 0).map_err(|source| ProbeError::Map { name: MAP_TARGET_PIDS, source })?;
+            targets
+                .insert(pid, 1, 0)
+                .map_err(|source| ProbeError::Map {
+                    name: MAP_TARGET_PIDS,
+                    source,
+                })?;
         }
     }
     let sendto = TracepointFormat::load("syscalls", "sys_enter_sendto")?;
@@ -173,15 +215,24 @@ fn configure(ebpf: &mut Ebpf, options: &QueryOptions) -> Result<(), QueryError> 
         off_exit_ret: recv_exit.field("ret")?.offset,
     };
     let map = map_mut(ebpf, PQ_MAP_CONFIG)?;
-    let mut array: Array<_, PqConfig> =
-        Array::try_from(map).map_err(|source| ProbeError::Map { name: PQ_MAP_CONFIG, source })?;
-    array.set(0, pq, 0).map_err(|source| ProbeError::Map { name: PQ_MAP_CONFIG, source })?;
+    let mut array: Array<_, PqConfig> = Array::try_from(map).map_err(|source| ProbeError::Map {
+        name: PQ_MAP_CONFIG,
+        source,
+    })?;
+    array.set(0, pq, 0).map_err(|source| ProbeError::Map {
+        name: PQ_MAP_CONFIG,
+        source,
+    })?;
     Ok(())
 }
 
 /// Pids of every live process.
 fn live_pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
-        .map(|dir| dir.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }

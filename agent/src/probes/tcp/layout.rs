@@ -44,7 +44,9 @@ pub enum LayoutError {
     },
     #[error("reading the kernel's BTF for the tcp_probe program: {0}")]
     Btf(#[from] BtfError),
-    #[error("the kernel's BTF has no {0} (tcp_probe reads it from the socket); unsupported kernel layout")]
+    #[error(
+        "the kernel's BTF has no {0} (tcp_probe reads it from the socket); unsupported kernel layout"
+    )]
     Member(&'static str),
 }
 
@@ -273,15 +275,26 @@ mod tests {
         let btf = Btf::kernel().unwrap_or_else(|e| panic!("{e}"));
         let sock = sock_layout(&btf).unwrap_or_else(|e| panic!("{e}"));
         let cfg = load(false, (32_768, 60_999), none, sock).unwrap_or_else(|e| panic!("{e}"));
-        for layout in [cfg.set_state, cfg.retransmit, cfg.send_reset, cfg.receive_reset] {
+        for layout in [
+            cfg.set_state,
+            cfg.retransmit,
+            cfg.send_reset,
+            cfg.receive_reset,
+        ] {
             assert_ne!(layout.skaddr, NO_FIELD);
             assert_ne!(layout.saddr, NO_FIELD);
         }
         // The IPv4 pair, then the port pair, open sock_common; the control
         // block's seq and end_seq are adjacent u32s.
-        assert!(sock.rcv_saddr == sock.daddr + 4 && sock.num == sock.dport + 2, "{sock:?}");
+        assert!(
+            sock.rcv_saddr == sock.daddr + 4 && sock.num == sock.dport + 2,
+            "{sock:?}"
+        );
         assert_eq!(sock.cb_end_seq, sock.cb_seq + 4, "{sock:?}");
-        assert!(sock.srtt_us > sock.v6_daddr, "tcp_sock extends sock: {sock:?}");
+        assert!(
+            sock.srtt_us > sock.v6_daddr,
+            "tcp_sock extends sock: {sock:?}"
+        );
         assert_eq!(cfg.filter_by_pid, 0);
     }
 }
