@@ -1,6 +1,7 @@
 //! Loading, attaching and draining the BPF programs, one module per
 //! capability, plus the pre-flight checks and process discovery they share.
 
+pub mod component;
 pub mod cpu;
 pub mod cpu_queries;
 pub mod discovery;
