@@ -4,10 +4,8 @@
 use std::time::{Duration, Instant};
 
 use super::progress::Progress;
-
-/// How often `poll` runs: fast enough to snapshot a process that lives a
-/// fraction of a second, slow enough to cost nothing measurable.
-pub const POLL_EVERY: Duration = Duration::from_millis(100);
+pub use crate::probes::component::POLL_EVERY;
+use crate::probes::component::Component;
 
 /// How a capture ended.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +57,24 @@ pub fn wait(
         }
         Ended { elapsed }
     }))
+}
+
+/// Drives one component for `duration` (or until Ctrl-C/SIGTERM): polls it,
+/// shows its progress in `unit`, then stops it, which reads the capture at
+/// the instant it ends. The one driver of every `qprof record …`.
+pub fn record<C: Component>(
+    mut component: C,
+    duration: Duration,
+    unit: &str,
+) -> anyhow::Result<(C::Snapshot, Ended)> {
+    let ended = wait(duration, unit, || {
+        component.poll();
+        component.progress()
+    })?;
+    let snapshot = component
+        .stop()
+        .map_err(|e| anyhow::Error::new(e).context("reading the capture out of the kernel"))?;
+    Ok((snapshot, ended))
 }
 
 /// Ctrl-C or SIGTERM.

@@ -27,7 +27,9 @@ pub struct FramePointerStacks {
 
 impl FramePointerStacks {
     /// Takes the stack-trace map (shared by every stack-walking program)
-    /// out of the object, once the programs that fill it are detached.
+    /// out of the object. The loaded programs keep their own reference to
+    /// it, so a component takes it once at start and reads it at every
+    /// snapshot.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
         let map = ebpf
             .take_map(MAP_STACK_TRACES)
@@ -35,6 +37,20 @@ impl FramePointerStacks {
         Ok(Self {
             map: StackTraceMap::try_from(map).map_err(map_err(MAP_STACK_TRACES))?,
         })
+    }
+}
+
+impl FramePointerStacks {
+    /// Frees a stack id once every count that referred to it was read, so
+    /// that a long-running component does not fill the map with stacks of
+    /// windows long gone. A sample taken between the read and this call
+    /// that hashed to the same id loses its stack (counted by the caller as
+    /// a lost stack lookup).
+    pub fn forget(&mut self, stack_id: i32) {
+        if stack_id >= 0 && stack_id != NO_STACK {
+            // Already gone (or never there) is fine: nothing to free.
+            let _ = self.map.remove(&(stack_id as u32));
+        }
     }
 }
 
