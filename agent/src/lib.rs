@@ -6,6 +6,8 @@
 
 pub mod aggregate;
 pub mod cli;
+pub mod daemon;
 pub mod export;
 pub mod probes;
+pub mod server;
 pub mod symbolize;

@@ -14,11 +14,13 @@
 pub mod error;
 pub mod flamegraph;
 pub mod folded;
+pub mod merge;
 pub mod model;
 pub mod pprof;
 
 pub use error::ProfileError;
 pub use flamegraph::render_svg;
 pub use folded::{folded_lines, write_folded};
+pub use merge::merge;
 pub use model::{Label, LabelValue, Line, Location, Mapping, Profile, Sample, ValueType};
 pub use pprof::{decode, encode, encode_gzip};

@@ -125,7 +125,7 @@ impl QueryStats {
 /// One row of `record queries`; the JSON field names are a public
 /// interface. Times are microseconds with nanosecond precision (fractions
 /// matter: an in-memory SQLite statement takes a few µs).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueryRow {
     pub db: Db,
     /// [`id_hex`] of the fingerprint id: what `--query` takes.

@@ -1,7 +1,9 @@
 //! The command line: clap definitions and one module per subcommand.
 
+mod agent;
 mod capture_loop;
 mod checks;
+mod client;
 mod flamegraph;
 mod profile_out;
 mod progress;
@@ -33,6 +35,13 @@ pub enum Command {
     /// Capture a profile now, without a daemon (needs root).
     #[command(subcommand)]
     Record(Record),
+    /// Run the always-on agent: continuous probes, metrics, profile store,
+    /// capture API (needs root).
+    Agent(agent::AgentArgs),
+    /// Ask a running agent for a capture and download its files.
+    Capture(client::CaptureArgs),
+    /// The running agent's top queries.
+    Top(client::TopArgs),
     /// Render a pprof file (qprof's or another tool's, gzip or not) as an
     /// interactive SVG flamegraph.
     Flamegraph(FlamegraphArgs),
@@ -194,5 +203,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Record(Record::Syscalls(args)) => record_syscalls::run(&args),
         Command::Record(Record::Tcp(args)) => record_tcp::run(&args),
         Command::Flamegraph(args) => flamegraph::run(&args),
+        Command::Agent(args) => agent::run(&args),
+        Command::Capture(args) => client::capture(&args),
+        Command::Top(args) => client::top(&args),
     }
 }

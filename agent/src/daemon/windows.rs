@@ -1,0 +1,195 @@
+//! The continuous capabilities and what each window becomes: a gzip pprof
+//! (CPU) or a JSON summary (syscalls, TCP, queries) in the store, the
+//! metrics, and the last windows kept in memory for the API.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::SystemTime,
+};
+
+use serde::Serialize;
+
+use super::{
+    Shared,
+    config::Config,
+    log,
+    supervise::{self, WindowSpan},
+};
+use crate::{
+    export::store::StoreError,
+    probes::{
+        cpu::{CpuCapture, CpuConfig, CpuSampler},
+        syscalls::{SyscallConfig, SyscallTracer},
+        tcp::{TcpOptions, TcpTracer},
+    },
+    symbolize::{ProfileShape, Symbolizer},
+};
+
+/// One window kept in memory: its span and its CPU profile (gzip pprof).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentWindow {
+    pub start_unix_ms: u64,
+    pub end_unix_ms: u64,
+    pub samples: i64,
+    #[serde(skip)]
+    pub cpu_pprof: Arc<Vec<u8>>,
+}
+
+/// The last windows, newest last, at most `capacity` (the config's
+/// `store.memory_windows`; 10 windows of a busy host's CPU profile are a
+/// few MB).
+#[derive(Debug)]
+pub struct RecentWindows {
+    capacity: usize,
+    windows: VecDeque<RecentWindow>,
+}
+
+impl RecentWindows {
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            windows: VecDeque::new(),
+        }
+    }
+
+    pub fn push(&mut self, w: RecentWindow) {
+        while self.windows.len() >= self.capacity {
+            self.windows.pop_front();
+        }
+        self.windows.push_back(w);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &RecentWindow> {
+        self.windows.iter()
+    }
+}
+
+/// Starts every capability the config turns on.
+pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
+    let c = &config.continuous;
+    let (tracker, cancel) = (&shared.tracker, &shared.cancel);
+    if c.cpu {
+        let cpu = CpuConfig {
+            hz: c.cpu_hz,
+            pids: Vec::new(),
+            by_query: false,
+        };
+        let symbolizer = Mutex::new(Symbolizer::new());
+        let hz = c.cpu_hz;
+        supervise::spawn::<CpuSampler, _>(
+            tracker,
+            shared.clone(),
+            cancel.clone(),
+            cpu,
+            move |s, snap, span| {
+                let result = symbolizer
+                    .lock()
+                    .map_err(|_| "symbolizer poisoned".to_owned())
+                    .and_then(|sym| {
+                        cpu_window(s, &sym, &snap, span, hz).map_err(|e| e.to_string())
+                    });
+                count_write(s, result, "cpu");
+            },
+        );
+    }
+    if c.syscalls {
+        supervise::spawn::<SyscallTracer, _>(
+            tracker,
+            shared.clone(),
+            cancel.clone(),
+            SyscallConfig::default(),
+            |s, table, span| {
+                let result = write_json(s, span, "syscalls.json", &table.rows());
+                count_write(s, result.map_err(|e| e.to_string()), "syscalls");
+            },
+        );
+    }
+    if c.tcp {
+        supervise::spawn::<TcpTracer, _>(
+            tracker,
+            shared.clone(),
+            cancel.clone(),
+            TcpOptions::default(),
+            |s, table, span| {
+                let result = write_json(s, span, "tcp.json", &table.rows());
+                count_write(s, result.map_err(|e| e.to_string()), "tcp");
+            },
+        );
+    }
+}
+
+fn count_write(shared: &Shared, result: Result<(), String>, what: &str) {
+    match result {
+        Ok(()) => shared
+            .health
+            .windows_written
+            .fetch_add(1, Ordering::Relaxed),
+        Err(e) => {
+            log(&format!("writing the {what} window: {e}"));
+            shared
+                .health
+                .window_write_errors
+                .fetch_add(1, Ordering::Relaxed)
+        }
+    };
+}
+
+fn write_json<T: Serialize>(
+    shared: &Shared,
+    span: WindowSpan,
+    what: &str,
+    rows: &T,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_vec(rows).map_err(|source| StoreError::Json {
+        what: "window",
+        source,
+    })?;
+    shared.store.write_window(span.start_ms, what, &json)
+}
+
+/// Symbolizes one CPU window with the long-lived symbolizer, writes it,
+/// keeps it in memory, and applies retention.
+fn cpu_window(
+    shared: &Shared,
+    symbolizer: &Symbolizer,
+    capture: &CpuCapture,
+    span: WindowSpan,
+    hz: u64,
+) -> Result<(), StoreError> {
+    let period = 1_000_000_000 / hz.max(1) as i64;
+    let shape = ProfileShape {
+        sample_types: vec![
+            profiles::ValueType::new("samples", "count"),
+            profiles::ValueType::new("cpu", "nanoseconds"),
+        ],
+        period_type: profiles::ValueType::new("cpu", "nanoseconds"),
+        period,
+        time_nanos: span.start_ms as i64 * 1_000_000,
+        duration_nanos: (span.end_ms.saturating_sub(span.start_ms)) as i64 * 1_000_000,
+    };
+    let profile = symbolizer.build_profile(&capture.stacks, &capture.maps, &shape);
+    let bytes = profiles::pprof::encode_gzip(&profile).map_err(|e| StoreError::Dir {
+        path: "pprof".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    shared
+        .store
+        .write_window(span.start_ms, "cpu.pb.gz", &bytes)?;
+    let config = shared.config();
+    if let Ok(mut recent) = shared.recent.lock() {
+        recent.push(RecentWindow {
+            start_unix_ms: span.start_ms,
+            end_unix_ms: span.end_ms,
+            samples: profile.total(0),
+            cpu_pprof: Arc::new(bytes),
+        });
+    }
+    shared.store.retain(
+        config.store.max_size,
+        config.store.max_age,
+        SystemTime::now(),
+    );
+    Ok(())
+}
