@@ -7,6 +7,7 @@
     reason = "a test harness fails tests by panicking"
 )]
 
+pub mod agent;
 pub mod net;
 pub mod postgres;
 pub mod pprof_tool;
