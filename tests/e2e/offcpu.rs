@@ -94,10 +94,10 @@ fn exited_process_is_kept() {
     require_root();
     let dir = TempDir::new("offcpu-exit");
     let fixture = build_fixture("offcpu_wait", dir.path());
-    let child = start_fixture(&fixture, &["1.2"]);
+    let mut child = start_fixture(&fixture, &["0"]);
     let pid = child.pid().to_string();
     let out = dir.join("exit.pb.gz");
-    let run = run_qprof(&[
+    let mut run = QprofRun::start(&[
         "record",
         "offcpu",
         "--pid",
@@ -107,16 +107,25 @@ fn exited_process_is_kept() {
         "-o",
         out.to_str().unwrap_or_default(),
     ]);
-    assert!(run.status.success(), "qprof failed: {}", stderr(&run));
+    // qprof is recording: the fixture loops 1.2 s more, then is killed.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    let fin = run.wait();
+    assert!(fin.status.success(), "qprof failed: {fin:?}");
     assert!(
-        std::fs::read_to_string(format!("/proc/{pid}/maps"))
-            .unwrap_or_default()
-            .is_empty(),
+        !Path::new(&format!("/proc/{pid}")).exists(),
         "fixture should have exited"
     );
-    let _ = ratio(&pprof_tool::cum_by_function(&pprof_tool::top(
+    // ~11 loops of 100 ms + 10 ms; the block cut by the kill is at most
+    // one of either, so 10:1 within ±25%.
+    let r = ratio(&pprof_tool::cum_by_function(&pprof_tool::top(
         &out, "offcpu",
     )));
+    assert!(
+        (7.5..=12.5).contains(&r),
+        "wait_long:wait_short = {r:.2} after the process exited, want 10 ±25%"
+    );
 }
 
 /// A thread that blocks during the capture and never comes back before it

@@ -175,6 +175,11 @@ pub struct RecordCpuArgs {
     /// with its fingerprint id (`query` label; see `flamegraph --query`).
     #[arg(long)]
     pub by_query: bool,
+    /// Keep samples of the idle task (pid 0, `swapper/N`): left out by
+    /// default, as on a quiet host they are most samples and say only that
+    /// the CPUs were idle.
+    #[arg(long)]
+    pub include_idle: bool,
 }
 
 #[derive(Debug, Args)]

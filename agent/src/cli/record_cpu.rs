@@ -1,15 +1,19 @@
-//! `qprof record cpu`: validate everything, sample, symbolize, write.
+//! `qprof record cpu`: validate everything, drive the CPU sampler
+//! component for the duration, symbolize, write.
 
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 
-use super::{
-    RecordCpuArgs, capture_loop, checks,
-    profile_out::{self, Outputs, value_type},
-    values,
+use super::{RecordCpuArgs, capture_loop, checks, values};
+use crate::{
+    export::profile::{self, Outputs, value_type},
+    probes::{
+        component::Component as _,
+        cpu::{CpuCapture, CpuConfig, CpuSampler},
+    },
+    symbolize::Symbolizer,
 };
-use crate::probes::cpu::{CpuCapture, CpuConfig, CpuSampler};
 
 pub fn run(args: &RecordCpuArgs) -> anyhow::Result<()> {
     validate(args)?;
@@ -18,15 +22,10 @@ pub fn run(args: &RecordCpuArgs) -> anyhow::Result<()> {
         hz: args.hz,
         pids: args.pids.clone(),
         by_query: args.by_query,
+        include_idle: args.include_idle,
     };
-    let mut sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
-    let ended = capture_loop::wait(args.duration, "samples", || {
-        sampler.poll_new_processes();
-        sampler.samples_so_far().unwrap_or(0)
-    })?;
-    let capture = sampler
-        .finish()
-        .context("reading the capture out of the kernel")?;
+    let sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
+    let (capture, ended) = capture_loop::record(sampler, args.duration, "samples")?;
     write_outputs(args, &capture, started_at, ended.elapsed)
 }
 
@@ -53,7 +52,7 @@ fn write_outputs(
     elapsed: Duration,
 ) -> anyhow::Result<()> {
     let period = 1_000_000_000 / args.hz as i64;
-    let shape = profile_out::shape(
+    let shape = profile::shape(
         vec![
             value_type("samples", "count"),
             value_type("cpu", "nanoseconds"),
@@ -63,15 +62,14 @@ fn write_outputs(
         started_at,
         elapsed,
     );
-    // The SVG and folded stacks show CPU time (index 1), as perf's do.
-    profile_out::write(
+    let built = profile::build(
+        &mut Symbolizer::new(),
         &capture.stacks,
         &capture.maps,
         &shape,
-        &outputs(args),
-        "qprof: CPU",
-        1,
-    )?;
+    );
+    // The SVG and folded stacks show CPU time (index 1), as perf's do.
+    profile::write(&built, &outputs(args), "qprof: CPU", 1).context("writing the profile")?;
     summarize(args, capture);
     Ok(())
 }

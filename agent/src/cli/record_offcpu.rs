@@ -4,11 +4,15 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 
-use super::{
-    RecordOffcpuArgs, capture_loop, checks,
-    profile_out::{self, Outputs, value_type},
+use super::{RecordOffcpuArgs, capture_loop, checks};
+use crate::{
+    export::profile::{self, Outputs, value_type},
+    probes::{
+        component::Component as _,
+        offcpu::{OffcpuOptions, OffcpuProfiler},
+    },
+    symbolize::Symbolizer,
 };
-use crate::probes::offcpu::{OffcpuOptions, OffcpuProfiler};
 
 pub fn run(args: &RecordOffcpuArgs) -> anyhow::Result<()> {
     checks::pids_exist(&args.pids)?;
@@ -25,17 +29,9 @@ pub fn run(args: &RecordOffcpuArgs) -> anyhow::Result<()> {
         by_query: args.by_query,
     };
     let started_at = SystemTime::now();
-    let mut profiler = OffcpuProfiler::start(&options).context("starting the off-CPU profiler")?;
-    let mut polls = 0;
-    let ended = capture_loop::wait(args.duration, "polls", || {
-        profiler.poll_new_processes();
-        polls += 1;
-        polls
-    })?;
-    let capture = profiler
-        .finish()
-        .context("reading off-CPU time out of the kernel")?;
-    let shape = profile_out::shape(
+    let profiler = OffcpuProfiler::start(&options).context("starting the off-CPU profiler")?;
+    let (capture, ended) = capture_loop::record(profiler, args.duration, "polls")?;
+    let shape = profile::shape(
         vec![
             value_type("samples", "count"),
             value_type("offcpu", "nanoseconds"),
@@ -45,14 +41,13 @@ pub fn run(args: &RecordOffcpuArgs) -> anyhow::Result<()> {
         started_at,
         ended.elapsed,
     );
-    profile_out::write(
+    let built = profile::build(
+        &mut Symbolizer::new(),
         &capture.stacks,
         &capture.maps,
         &shape,
-        &outputs,
-        "qprof: off-CPU time",
-        1,
-    )?;
+    );
+    profile::write(&built, &outputs, "qprof: off-CPU time", 1).context("writing the profile")?;
     eprintln!(
         "qprof: {} blocks, {:.3}s blocked ({} distinct stacks) written to {}",
         capture.stacks.total(0),

@@ -1,4 +1,5 @@
-//! Getting results out: profile files on disk (later: Prometheus, push).
+//! Getting results out: profile bytes and files, the agent's store.
 
 pub mod files;
+pub mod profile;
 pub mod store;

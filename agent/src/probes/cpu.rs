@@ -1,9 +1,12 @@
 //! The CPU sampler: a `perf_event` program on the software cpu-clock event of
-//! every online CPU, counting stacks in the kernel.
+//! every online CPU, counting stacks in the kernel, read window by window
+//! (see [`super::stack_window`]).
+
+use std::collections::HashSet;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{
         PerfEvent,
         perf_event::{
@@ -12,17 +15,20 @@ use aya::{
     },
 };
 use qprof_common::cpu::{
-    CONFIG_FILTER_BY_PID, MAP_CONFIG, MAP_SAMPLE_TOTAL, MAP_STACK_COUNTS, MAP_TARGET_PIDS, StackKey,
+    CONFIG_FILTER_BY_PID, CONFIG_GENERATION, CONFIG_SKIP_IDLE, MAP_CONFIG, MAP_SAMPLE_TOTAL,
+    MAP_STACK_COUNTS, MAP_TARGET_PIDS, StackKey,
 };
 
 use super::{
     ProbeError,
+    component::{CaptureKind, Component},
     cpu_queries::QueryLabels,
     discovery::NewPidWatcher,
-    load_object, map_err, missing_map,
+    load_object, map, map_err, map_mut,
     process_maps::ProcessMaps,
     queries::QueryError,
-    unwind::{FramePointerStacks, StackSource},
+    stack_window::{self, CounterBaseline, SETTLE, StackTable, WindowKey},
+    unwind::FramePointerStacks,
 };
 use crate::aggregate::stacks::{RawStack, StackCounts};
 
@@ -37,52 +43,72 @@ pub struct CpuConfig {
     pub pids: Vec<u32>,
     /// Label samples taken inside traced queries with their fingerprint.
     pub by_query: bool,
+    /// Keep samples of the idle task (pid 0); left out by default.
+    pub include_idle: bool,
 }
 
-/// A running capture. Dropping it detaches every perf event (aya owns the
+/// A running sampler. Dropping it detaches every perf event (aya owns the
 /// links), so an error path leaves no probe behind.
 pub struct CpuSampler {
     ebpf: Ebpf,
     links: Vec<PerfEventLinkId>,
     watcher: NewPidWatcher,
+    stacks: StackTable,
     /// Nanoseconds one sample stands for (1e9 / hz).
     period: i64,
     queries: Option<QueryLabels>,
+    /// The generation programs stamp into new keys now.
+    generation: u32,
+    /// `CPU_SAMPLE_TOTAL` at the previous window.
+    samples_before: u64,
+    kernel_drops: CounterBaseline,
+    table_full_before: u64,
 }
 
-/// Everything a capture produced, ready for symbolization.
+/// One window (or a whole capture), ready for symbolization.
 pub struct CpuCapture {
     pub stacks: StackCounts,
+    /// The mappings of this window's processes (and only those).
     pub maps: ProcessMaps,
-    /// Samples the kernel took (after the pid filter).
+    /// Samples the kernel took in this window (after the filters).
     pub total_samples: u64,
-    /// Counters of losses, by reason, only the non-zero ones.
+    /// Losses in this window, by reason, only the non-zero ones.
     pub drops: Vec<(&'static str, u64)>,
 }
 
-impl CpuSampler {
-    /// Loads the program, sets the pid filter and attaches to every CPU.
-    pub fn start(config: &CpuConfig) -> Result<Self, ProbeError> {
+impl WindowKey for StackKey {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    fn generation(&self) -> u32 {
+        self.generation
+    }
+    fn stack_ids(&self) -> [i32; 2] {
+        [self.user_stack_id, self.kernel_stack_id]
+    }
+}
+
+impl Component for CpuSampler {
+    type Config = CpuConfig;
+    type Snapshot = CpuCapture;
+    type Error = ProbeError;
+    const KIND: CaptureKind = CaptureKind::Cpu;
+
+    /// Loads the program, sets the filters and attaches to every CPU.
+    fn start(config: &CpuConfig) -> Result<Self, ProbeError> {
         let mut ebpf = load_object()?;
         if !config.pids.is_empty() {
-            let mut targets: HashMap<_, u32, u8> = HashMap::try_from(
-                ebpf.map_mut(MAP_TARGET_PIDS)
-                    .ok_or_else(|| missing_map(MAP_TARGET_PIDS))?,
-            )
-            .map_err(map_err(MAP_TARGET_PIDS))?;
+            let mut targets: HashMap<_, u32, u8> =
+                HashMap::try_from(map_mut(&mut ebpf, MAP_TARGET_PIDS)?)
+                    .map_err(map_err(MAP_TARGET_PIDS))?;
             for pid in &config.pids {
                 targets
                     .insert(pid, 1, 0)
                     .map_err(map_err(MAP_TARGET_PIDS))?;
             }
-            let mut cfg: Array<_, u64> = Array::try_from(
-                ebpf.map_mut(MAP_CONFIG)
-                    .ok_or_else(|| missing_map(MAP_CONFIG))?,
-            )
-            .map_err(map_err(MAP_CONFIG))?;
-            cfg.set(CONFIG_FILTER_BY_PID, 1, 0)
-                .map_err(map_err(MAP_CONFIG))?;
+            set_config(&mut ebpf, CONFIG_FILTER_BY_PID, 1)?;
         }
+        set_config(&mut ebpf, CONFIG_SKIP_IDLE, u64::from(!config.include_idle))?;
         let watcher = NewPidWatcher::new(&mut ebpf, &config.pids)?;
         let queries = if config.by_query {
             Some(
@@ -94,34 +120,54 @@ impl CpuSampler {
         } else {
             None
         };
+        let stacks = StackTable::new(FramePointerStacks::take(&mut ebpf)?);
         let links = attach(&mut ebpf, config.hz)?;
         Ok(Self {
             ebpf,
             links,
             watcher,
+            stacks,
             period: 1_000_000_000 / config.hz.max(1) as i64,
             queries,
+            generation: 0,
+            samples_before: 0,
+            kernel_drops: CounterBaseline::default(),
+            table_full_before: 0,
         })
     }
 
     /// Snapshots the mappings of processes the kernel has just seen for the
-    /// first time. Call often (every ~100 ms) so short-lived processes are
-    /// caught while alive.
-    pub fn poll_new_processes(&mut self) {
+    /// first time, so short-lived processes are caught while alive.
+    fn poll(&mut self) {
         self.watcher.poll();
         if let Some(q) = self.queries.as_mut() {
             q.poll(&mut self.ebpf);
         }
     }
 
+    /// Samples taken since the start.
+    fn progress(&self) -> u64 {
+        self.samples_so_far().unwrap_or(0)
+    }
+
+    fn snapshot(&mut self) -> Result<CpuCapture, ProbeError> {
+        self.read_window()
+    }
+
+    /// The generation bump is the instant the capture ends: samples taken
+    /// while the perf events are then detached are not read.
+    fn stop(mut self) -> Result<CpuCapture, ProbeError> {
+        let capture = self.read_window()?;
+        self.detach()?;
+        Ok(capture)
+    }
+}
+
+impl CpuSampler {
     /// Samples taken so far (cheap: one per-CPU array lookup).
     pub fn samples_so_far(&self) -> Result<u64, ProbeError> {
-        let totals: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(MAP_SAMPLE_TOTAL)
-                .ok_or_else(|| missing_map(MAP_SAMPLE_TOTAL))?,
-        )
-        .map_err(map_err(MAP_SAMPLE_TOTAL))?;
+        let totals: PerCpuArray<_, u64> = PerCpuArray::try_from(map(&self.ebpf, MAP_SAMPLE_TOTAL)?)
+            .map_err(map_err(MAP_SAMPLE_TOTAL))?;
         Ok(totals
             .get(&0, 0)
             .map_err(map_err(MAP_SAMPLE_TOTAL))?
@@ -129,13 +175,59 @@ impl CpuSampler {
             .sum())
     }
 
-    /// Stops sampling and reads everything out of the kernel.
-    pub fn finish(mut self) -> Result<CpuCapture, ProbeError> {
-        self.detach()?;
-        let total_samples = self.samples_so_far()?;
-        let drops = self.drop_counters()?;
-        let stacks = self.read_stacks()?;
-        let maps = self.watcher.finish();
+    /// Everything counted since the previous window, deleted from the
+    /// kernel; stack ids and processes nothing refers to any more freed.
+    fn read_window(&mut self) -> Result<CpuCapture, ProbeError> {
+        self.generation = self.generation.wrapping_add(1);
+        set_config(
+            &mut self.ebpf,
+            CONFIG_GENERATION,
+            u64::from(self.generation),
+        )?;
+        std::thread::sleep(SETTLE);
+        let total = self.samples_so_far()?;
+        if let Some(q) = self.queries.as_mut() {
+            q.poll(&mut self.ebpf); // texts of queries seen in this window
+        }
+        let old = stack_window::drain::<StackKey, u64>(
+            map_mut(&mut self.ebpf, MAP_STACK_COUNTS)?,
+            MAP_STACK_COUNTS,
+            Some(self.generation),
+        )?;
+        let mut stacks = StackCounts::default();
+        let mut pids = HashSet::new();
+        for (key, values) in old {
+            let count = values.iter().sum::<u64>() as i64;
+            pids.insert(key.pid);
+            stacks.add(RawStack {
+                pid: key.pid,
+                tid: key.tid,
+                comm: comm_string(&key.comm),
+                user: self.stacks.frames(key.user_stack_id),
+                kernel: self.stacks.frames(key.kernel_stack_id),
+                values: vec![count, count * self.period],
+                labels: match (&self.queries, key.query_id) {
+                    (Some(q), id) if id != 0 => vec![("query".to_owned(), q.label(id))],
+                    _ => Vec::new(),
+                },
+            });
+        }
+        let (live_pids, live_ids) = stack_window::still_referenced::<StackKey, u64>(
+            map(&self.ebpf, MAP_STACK_COUNTS)?,
+            MAP_STACK_COUNTS,
+        )?;
+        let lost = self.stacks.end_window(&live_ids);
+        let maps = self.watcher.window_maps(&pids);
+        self.watcher.forget_dead(&mut self.ebpf, &live_pids);
+        let mut drops = self.kernel_drops.delta(&super::drop_counters(&self.ebpf)?);
+        lost.report(&mut drops);
+        let table_full = self.watcher.maps.dropped;
+        if table_full > self.table_full_before {
+            drops.push(("process_table_full", table_full - self.table_full_before));
+            self.table_full_before = table_full;
+        }
+        let total_samples = total.saturating_sub(self.samples_before);
+        self.samples_before = total;
         Ok(CpuCapture {
             stacks,
             maps,
@@ -154,42 +246,13 @@ impl CpuSampler {
         }
         Ok(())
     }
+}
 
-    fn drop_counters(&self) -> Result<Vec<(&'static str, u64)>, ProbeError> {
-        let mut out = super::drop_counters(&self.ebpf)?;
-        if self.watcher.maps.dropped > 0 {
-            out.push(("process_table_full", self.watcher.maps.dropped));
-        }
-        Ok(out)
-    }
-
-    fn read_stacks(&mut self) -> Result<StackCounts, ProbeError> {
-        let source = FramePointerStacks::take(&mut self.ebpf)?;
-        let counts: PerCpuHashMap<_, StackKey, u64> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map(MAP_STACK_COUNTS)
-                .ok_or_else(|| missing_map(MAP_STACK_COUNTS))?,
-        )
-        .map_err(map_err(MAP_STACK_COUNTS))?;
-        let mut stacks = StackCounts::default();
-        for entry in &counts {
-            let (key, values) = entry.map_err(map_err(MAP_STACK_COUNTS))?;
-            let count = values.iter().sum::<u64>() as i64;
-            stacks.add(RawStack {
-                pid: key.pid,
-                tid: key.tid,
-                comm: comm_string(&key.comm),
-                user: source.frames(key.user_stack_id).unwrap_or_default(),
-                kernel: source.frames(key.kernel_stack_id).unwrap_or_default(),
-                values: vec![count, count * self.period],
-                labels: match (&self.queries, key.query_id) {
-                    (Some(q), id) if id != 0 => vec![("query".to_owned(), q.label(id))],
-                    _ => Vec::new(),
-                },
-            });
-        }
-        Ok(stacks)
-    }
+/// Sets one slot of `CPU_CONFIG`; programs read it at every sample.
+fn set_config(ebpf: &mut Ebpf, slot: u32, value: u64) -> Result<(), ProbeError> {
+    let mut cfg: Array<_, u64> =
+        Array::try_from(map_mut(ebpf, MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
+    cfg.set(slot, value, 0).map_err(map_err(MAP_CONFIG))
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, ProbeError> {

@@ -11,6 +11,7 @@ pub mod preflight;
 pub mod process_maps;
 pub mod queries;
 pub mod query_sqlite;
+pub mod stack_window;
 pub mod syscalls;
 pub mod tcp;
 pub mod tracefs;

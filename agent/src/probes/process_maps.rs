@@ -85,8 +85,9 @@ pub fn parse(text: &str) -> Vec<MapEntry> {
     entries
 }
 
-/// Mappings per process for one capture.
-#[derive(Debug, Default)]
+/// Mappings per process: of one capture, or (in a long-running component)
+/// of the processes seen and not yet forgotten.
+#[derive(Debug, Default, Clone)]
 pub struct ProcessMaps {
     by_pid: HashMap<u32, Vec<MapEntry>>,
     /// Processes not snapshotted because the table was full.
@@ -130,6 +131,32 @@ impl ProcessMaps {
     /// Pids with a snapshot.
     pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
         self.by_pid.keys().copied()
+    }
+
+    /// Processes remembered.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_pid.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_pid.is_empty()
+    }
+
+    /// Forgets `pid` (a process that is gone and whose stacks were emitted).
+    pub fn remove(&mut self, pid: u32) {
+        self.by_pid.remove(&pid);
+    }
+
+    /// A copy holding only `pids`: what one window's stacks need.
+    #[must_use]
+    pub fn subset(&self, pids: impl IntoIterator<Item = u32>) -> Self {
+        let by_pid = pids
+            .into_iter()
+            .filter_map(|pid| Some((pid, self.by_pid.get(&pid)?.clone())))
+            .collect();
+        Self { by_pid, dropped: 0 }
     }
 }
 
@@ -178,6 +205,19 @@ mod tests {
     #[test]
     fn malformed_lines_are_skipped() {
         assert!(parse("not a maps file\n\u{0}\u{1}\nzz-yy r-xp q 0 0 /x\n").is_empty());
+    }
+
+    /// A window's subset carries only its processes; removing frees a slot.
+    #[test]
+    fn subset_and_remove() {
+        let mut maps = ProcessMaps::default();
+        maps.merge(7, parse(MAPS));
+        maps.merge(8, parse(MAPS));
+        let only7 = maps.subset([7, 9]);
+        assert_eq!(only7.pids().collect::<Vec<_>>(), [7]);
+        assert!(only7.find(7, 0x7f00_0000_0010).is_some());
+        maps.remove(7);
+        assert_eq!(maps.pids().collect::<Vec<_>>(), [8]);
     }
 
     /// The process table is bounded and counts what it refuses.

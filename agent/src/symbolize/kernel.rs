@@ -1,39 +1,22 @@
 //! Kernel frames, from `/proc/kallsyms` (readable with full addresses by
 //! root or `CAP_SYSLOG`; otherwise frames stay `[kernel.kallsyms]+0x…`).
 
-use std::collections::{BTreeSet, HashMap};
-
 use blazesym::{
     MaybeDefault,
     symbolize::{
-        Input, Symbolized, Symbolizer,
+        Input, Symbolizer,
         source::{Kernel, Source},
     },
 };
-use profiles::Location;
+use profiles::Line;
 
-use super::{FrameKey, user::sym_lines};
-use crate::aggregate::stacks::RawStack;
+use super::user::lines_of;
 
-pub(super) fn resolve(
-    symbolizer: &Symbolizer,
-    mapping: usize,
-    keyed: &[(Vec<FrameKey>, &RawStack)],
-    out: &mut HashMap<FrameKey, Location>,
-) {
-    let addrs: Vec<u64> = keyed
-        .iter()
-        .flat_map(|(frames, _)| frames.iter())
-        .filter_map(|k| {
-            if let FrameKey::Kernel(a) = *k {
-                Some(a)
-            } else {
-                None
-            }
-        })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+/// The lines of each kernel address, in order; empty when unknown.
+pub(super) fn resolve(symbolizer: &Symbolizer, addrs: &[u64]) -> Vec<Vec<Line>> {
+    if addrs.is_empty() {
+        return Vec::new();
+    }
     // Searching for a vmlinux costs seconds and distro kernels seldom ship
     // one; kallsyms gives function names, which is what flamegraphs need.
     let kernel = Kernel {
@@ -42,20 +25,7 @@ pub(super) fn resolve(
         ..Kernel::default()
     };
     let symbols = symbolizer
-        .symbolize(&Source::Kernel(kernel), Input::AbsAddr(&addrs))
+        .symbolize(&Source::Kernel(kernel), Input::AbsAddr(addrs))
         .unwrap_or_default();
-    for (i, &addr) in addrs.iter().enumerate() {
-        let lines = match symbols.get(i) {
-            Some(Symbolized::Sym(sym)) => sym_lines(sym),
-            _ => Vec::new(),
-        };
-        out.insert(
-            FrameKey::Kernel(addr),
-            Location {
-                address: addr,
-                mapping: Some(mapping),
-                lines,
-            },
-        );
-    }
+    lines_of(&symbols, addrs.len())
 }

@@ -1,68 +1,38 @@
 //! User-space frames: ELF symbols (and DWARF lines and inlining where the
 //! binary has them), looked up by file offset, one batch per file.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    fmt::Write as _,
-    path::Path,
-};
+use std::{fmt::Write as _, path::Path};
 
 use blazesym::symbolize::{
     CodeInfo, Input, Symbolized, Symbolizer,
     source::{Elf, Source},
 };
-use profiles::{Line, Location};
+use profiles::Line;
 
-use super::{FrameKey, ModuleTable};
-use crate::aggregate::stacks::RawStack;
+/// The lines of each of `offsets` (file offsets) in the ELF file `path`,
+/// in order; empty for offsets without a symbol.
+pub(super) fn resolve(symbolizer: &Symbolizer, path: &str, offsets: &[u64]) -> Vec<Vec<Line>> {
+    let src = Source::Elf(Elf::new(path));
+    // A file that vanished or is not ELF leaves the frames unnamed
+    // (module+offset), which is what the user should see.
+    let symbols = symbolizer
+        .symbolize(&src, Input::FileOffset(offsets))
+        .unwrap_or_default();
+    lines_of(&symbols, offsets.len())
+}
 
-/// Resolves every `FrameKey::Module` of `keyed` into `out`.
-pub(super) fn resolve(
-    symbolizer: &Symbolizer,
-    modules: &ModuleTable,
-    keyed: &[(Vec<FrameKey>, &RawStack)],
-    out: &mut HashMap<FrameKey, Location>,
-) {
-    let mut offsets: HashMap<usize, BTreeSet<u64>> = HashMap::new();
-    for (frames, _) in keyed {
-        for key in frames {
-            if let FrameKey::Module(idx, off) = *key {
-                offsets.entry(idx).or_default().insert(off);
-            }
-        }
-    }
-    for (idx, offs) in offsets {
-        let offs: Vec<u64> = offs.into_iter().collect();
-        let module = &modules.modules[idx];
-        let symbols = if module.is_file {
-            let src = Source::Elf(Elf::new(&module.path));
-            // A file that vanished or is not ELF leaves the frames unnamed
-            // (module+offset), which is what the user should see.
-            symbolizer
-                .symbolize(&src, Input::FileOffset(&offs))
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        for (i, &off) in offs.iter().enumerate() {
-            let lines = match symbols.get(i) {
-                Some(Symbolized::Sym(sym)) => sym_lines(sym),
-                _ => Vec::new(),
-            };
-            out.insert(
-                FrameKey::Module(idx, off),
-                Location {
-                    address: off,
-                    mapping: Some(idx),
-                    lines,
-                },
-            );
-        }
-    }
+/// One entry per input address: the symbol's lines, or none.
+pub(super) fn lines_of(symbols: &[Symbolized<'_>], n: usize) -> Vec<Vec<Line>> {
+    (0..n)
+        .map(|i| match symbols.get(i) {
+            Some(Symbolized::Sym(sym)) => sym_lines(sym),
+            _ => Vec::new(),
+        })
+        .collect()
 }
 
 /// A blazesym symbol as pprof lines, innermost (most deeply inlined) first.
-pub(super) fn sym_lines(sym: &blazesym::symbolize::Sym<'_>) -> Vec<Line> {
+fn sym_lines(sym: &blazesym::symbolize::Sym<'_>) -> Vec<Line> {
     let mut lines: Vec<Line> = sym
         .inlined
         .iter()

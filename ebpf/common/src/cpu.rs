@@ -26,6 +26,17 @@ pub const CONFIG_FILTER_BY_PID: u32 = 0;
 /// Slot in `CPU_CONFIG`: non-zero means samples record the query (text id)
 /// the thread is executing, from `QUERY_ACTIVE` (`record cpu --by-query`).
 pub const CONFIG_BY_QUERY: u32 = 1;
+/// Slot in `CPU_CONFIG`: the generation stamped into every new key. The
+/// agent bumps it before reading a window, waits for programs already
+/// running to finish, then reads and deletes only keys of older
+/// generations: no program writes those any more, so nothing counted
+/// between the read and the delete is lost (a per-CPU hash offers no
+/// atomic read-and-reset).
+pub const CONFIG_GENERATION: u32 = 2;
+/// Slot in `CPU_CONFIG`: non-zero means samples of the idle task (pid 0,
+/// `swapper/N`) are not counted. On by default: a host-wide profile of a
+/// quiet host is otherwise almost all `cpuidle_enter`.
+pub const CONFIG_SKIP_IDLE: u32 = 3;
 pub const CONFIG_SLOTS: u32 = 4;
 
 /// Stack id value meaning "no stack of this kind" (user stack of a kernel
@@ -48,8 +59,11 @@ pub struct StackKey {
     pub comm: [u8; 16],
     /// Text id of the traced query the thread was inside, 0 if none.
     pub query_id: u64,
+    /// `CPU_CONFIG[CONFIG_GENERATION]` when the sample was taken.
+    pub generation: u32,
+    pub pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<StackKey>() == 40);
+const _: () = assert!(core::mem::size_of::<StackKey>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -33,7 +33,9 @@ pub struct OffcpuKey {
     /// The state the thread left the CPU in, as `sched:sched_switch`
     /// records report it: one `TASK_REPORT` bit, 0x80 idle, 0x100 preempted.
     pub state: u32,
-    pub pad: u32,
+    /// `OffcpuConfig::generation` when the block ended (see
+    /// `qprof_common::cpu::CONFIG_GENERATION` for why).
+    pub generation: u32,
     pub comm: [u8; 16],
     /// Text id of the traced query the thread blocked in, 0 if none.
     pub query_id: u64,
@@ -80,8 +82,12 @@ pub struct OffcpuConfig {
     pub filter_pids: u32,
     /// Non-zero: record the query each blocked thread is in (`--by-query`).
     pub by_query: u32,
+    /// Stamped into every new key; bumped by the agent before it reads a
+    /// window, as `qprof_common::cpu::CONFIG_GENERATION`.
+    pub generation: u32,
+    pub pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<OffcpuConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<OffcpuConfig>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -1,6 +1,6 @@
 //! CPU sampling: count (pid, tid, comm, user stack, kernel stack) in the kernel.
 //!
-//! Userspace reads summaries at the end of a capture, never one event per
+//! Userspace reads summaries window by window, never one event per
 //! sample. The only events are one `NewPid` record per newly seen process, so
 //! that the agent snapshots its mappings while it is still alive.
 
@@ -14,8 +14,8 @@ use aya_ebpf::{
 use qprof_common::{
     counters::Counter,
     cpu::{
-        CONFIG_BY_QUERY, CONFIG_FILTER_BY_PID, CONFIG_SLOTS, NO_STACK, STACK_COUNTS_CAPACITY,
-        STACK_TRACES_CAPACITY, StackKey, TARGET_PIDS_CAPACITY,
+        CONFIG_BY_QUERY, CONFIG_FILTER_BY_PID, CONFIG_GENERATION, CONFIG_SKIP_IDLE, CONFIG_SLOTS,
+        NO_STACK, STACK_COUNTS_CAPACITY, STACK_TRACES_CAPACITY, StackKey, TARGET_PIDS_CAPACITY,
     },
 };
 
@@ -65,6 +65,8 @@ pub fn on_sample(ctx: &PerfEventContext) {
         kernel_stack_id: stack_id(ctx, 0),
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         query_id: current_query(tid),
+        generation: config(CONFIG_GENERATION) as u32,
+        pad: 0,
     };
     count(&key);
 }
@@ -72,18 +74,28 @@ pub fn on_sample(ctx: &PerfEventContext) {
 /// The query `tid` is executing, when `--by-query` asked for it.
 #[inline(always)]
 fn current_query(tid: u32) -> u64 {
-    if CPU_CONFIG.get(CONFIG_BY_QUERY).copied().unwrap_or(0) == 0 {
+    if config(CONFIG_BY_QUERY) == 0 {
         return 0;
     }
     // SAFETY: the value is copied out at once.
     unsafe { crate::query_events::QUERY_ACTIVE.get(tid) }.map_or(0, |q| q.text_id)
 }
 
-/// Pid filtering happens first so that untargeted processes cost a map
-/// lookup and nothing more.
+#[inline(always)]
+fn config(slot: u32) -> u64 {
+    CPU_CONFIG.get(slot).copied().unwrap_or(0)
+}
+
+/// Filtering happens first so that untargeted processes cost a map lookup
+/// and nothing more. The idle task (pid 0 on every CPU, `swapper/N`) is
+/// skipped unless asked for, before the pid filter: on a quiet host it is
+/// most samples.
 #[inline(always)]
 fn filtered_out(pid: u32) -> bool {
-    let filter_on = CPU_CONFIG.get(CONFIG_FILTER_BY_PID).copied().unwrap_or(0) != 0;
+    if pid == 0 && config(CONFIG_SKIP_IDLE) != 0 {
+        return true;
+    }
+    let filter_on = config(CONFIG_FILTER_BY_PID) != 0;
     // SAFETY: the value is a plain u8 read once; concurrent updates from
     // userspace can only flip a whole byte.
     filter_on && unsafe { CPU_TARGET_PIDS.get(pid) }.is_none()

@@ -132,7 +132,7 @@ pub fn on_sched_exit(ctx: &BtfTracePointContext) {
         user_stack_id: stack_id(ctx, u64::from(BPF_F_USER_STACK)),
         kernel_stack_id: stack_id(ctx, 0),
         state: start.state,
-        pad: 0,
+        generation: config.generation,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         query_id: if config.by_query == 0 {
             0
