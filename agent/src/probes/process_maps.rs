@@ -86,7 +86,7 @@ pub fn parse(text: &str) -> Vec<MapEntry> {
 }
 
 /// Mappings per process for one capture.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ProcessMaps {
     by_pid: HashMap<u32, Vec<MapEntry>>,
     /// Processes not snapshotted because the table was full.
