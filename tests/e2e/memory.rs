@@ -244,8 +244,9 @@ fn exited_process_keeps_its_data() {
     check_sites(&out, &report);
 }
 
-/// Frees of blocks allocated before the capture are ignored (nothing goes
-/// negative) and counted in the summary.
+/// Frees of blocks allocated before the capture are ignored and counted in
+/// the summary: none matches a sampled block, and the bytes in use are
+/// exactly the 100 blocks of 1,000 bytes the fixture keeps afterwards.
 #[test]
 fn frees_never_seen_are_ignored_and_counted() {
     require_root();
@@ -264,11 +265,25 @@ fn frees_never_seen_are_ignored_and_counted() {
         "{untracked} untracked frees: {}",
         fin.stderr
     );
-    assert!(flat(&out, "inuse_space").values().all(|v| *v >= 0.0));
+    assert_eq!(
+        number_before(&fin.stderr, "of sampled blocks"),
+        0,
+        "a free matched a block never sampled: {}",
+        fin.stderr
+    );
+    // Sampling every byte, each block weighs 1/(1 - e^-1000): exact.
+    let inuse = flat(&out, "inuse_space");
+    let kept = 100.0 * 1000.0;
+    assert!(
+        (get(&inuse, "alloc_site_a") - kept).abs() < 1.0
+            && (inuse.values().sum::<f64>() - kept).abs() < 1.0,
+        "in use {inuse:?}, want {kept} bytes at alloc_site_a"
+    );
 }
 
 /// 100,000 live sampled blocks overflow the 65,536-entry live table: the
-/// oldest are evicted and counted, and still count as in use.
+/// oldest are evicted and counted, and no longer count as in use (in use
+/// is what the table holds: an evicted block's free cannot be matched).
 #[test]
 fn live_table_overflow_evicts_and_counts() {
     require_root();
@@ -288,7 +303,135 @@ fn live_table_overflow_evicts_and_counts() {
         fin.stderr
     );
     let objects: f64 = flat(&out, "inuse_objects").values().sum();
-    assert!(objects >= 100_000.0, "in-use objects {objects}");
+    // The 100,000 blocks and the array holding them are live.
+    let held = 100_001.0;
+    assert!(
+        objects <= 65_536.0 && (objects + evicted as f64 - held).abs() <= 2.0,
+        "in-use objects {objects} + evicted {evicted}, want {held}"
+    );
+    assert!(
+        fin.stderr.contains("not counted as in use"),
+        "{}",
+        fin.stderr
+    );
+}
+
+/// Bytes in `72.3 MiB`-style text (qprof's summary).
+fn parse_human_bytes(text: &str) -> f64 {
+    let mut parts = text.split_whitespace();
+    let value: f64 = parts
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number in {text:?}"));
+    let scale = match parts.next() {
+        Some("B") => 1.0,
+        Some("KiB") => 1024.0,
+        Some("MiB") => 1024.0 * 1024.0,
+        Some("GiB") => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unit {other:?} in {text:?}"),
+    };
+    value * scale
+}
+
+/// The summary's estimate of bytes still in use.
+fn summary_in_use(stderr: &str) -> f64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(" still in use"))
+        .unwrap_or_else(|| panic!("no in-use summary in: {stderr}"));
+    let before = line.split(" still in use").next().unwrap_or_default();
+    let text = before.rsplit(", ").next().unwrap_or_default();
+    parse_human_bytes(text)
+}
+
+/// The number right after `marker` in qprof's summary.
+fn number_after(stderr: &str, marker: &str) -> u64 {
+    let at = stderr
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in: {stderr}"));
+    stderr[at + marker.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {marker:?} in: {stderr}"))
+}
+
+/// Runs the rolling cache of `blocks` blocks of ~4 KiB: qprof attaches,
+/// the fixture fills its ring and keeps replacing its oldest block without
+/// pause, and qprof is stopped while it does. In use (the profile's
+/// `inuse_space` total and the summary) must be within ±20% of the bytes
+/// the fixture holds, at its allocation site; every free seen must be of a
+/// block allocated in the capture (frees = allocations - blocks held), so
+/// the counts end at one instant.
+fn rolling_cache(blocks: usize) {
+    require_root();
+    let dir = TempDir::new("mem-ring");
+    let fixture = build_fixture("mem_ring", dir.path());
+    let (report, out) = (dir.join("ring.txt"), dir.join("ring.pb.gz"));
+    let n = blocks.to_string();
+    let mut fx = Fixture::start(&fixture, &[&n, path_arg(&report)]);
+    let pid = fx.pid.to_string();
+    // One sample per 64 KiB: ~6% of 4 KiB blocks, ~1,200 live samples
+    // for 20,000 blocks (a relative error of ~3%).
+    let mut qprof = QprofRun::start(&[
+        "record",
+        "memory",
+        "--pid",
+        &pid,
+        "--duration",
+        "60s",
+        "--sample-bytes",
+        "64K",
+        "-o",
+        path_arg(&out),
+    ]);
+    fx.run_to_done();
+    // Keep churning: the ring turns over (it is refilled) while traced.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    qprof.interrupt();
+    let fin = qprof.wait();
+    assert!(fx.finish().success(), "fixture failed");
+    assert!(fin.status.success(), "qprof failed: {}", fin.stderr);
+    let held = fixture_report(&report)["live_bytes"];
+    let inuse = flat(&out, "inuse_space");
+    let total: f64 = inuse.values().sum();
+    let summary = summary_in_use(&fin.stderr);
+    eprintln!(
+        "rolling cache of {blocks}: holds {held} B; inuse_space {total} B, summary {summary} B"
+    );
+    for (what, got) in [("inuse_space total", total), ("summary", summary)] {
+        assert!(
+            (got / held - 1.0).abs() <= 0.20,
+            "{what}: {got} B in use vs {held} B held: {}",
+            fin.stderr
+        );
+    }
+    let site = get(&inuse, "cache_new_block");
+    assert!(
+        site >= 0.95 * total,
+        "allocation site {site} of {total}: {inuse:?}"
+    );
+    let calls = number_before(&fin.stderr, "calls,");
+    let frees = number_after(&fin.stderr, "qprof: frees: ");
+    // A few stdio buffers (the report file) come and go besides the ring.
+    assert!(
+        calls.abs_diff(frees + blocks as u64) <= 4,
+        "{calls} allocations, {frees} frees, {blocks} held: {}",
+        fin.stderr
+    );
+}
+
+/// A rolling cache of 20,000 blocks (~80 MB): qprof reports what it holds.
+#[test]
+fn rolling_cache_in_use_is_what_it_holds() {
+    rolling_cache(20_000);
+}
+
+/// The same with 100,000 blocks (~400 MB, more than the cache turns over
+/// while qprof detaches).
+#[test]
+fn large_rolling_cache_in_use_is_what_it_holds() {
+    rolling_cache(100_000);
 }
 
 /// Compiles the fixture statically, optionally stripped.

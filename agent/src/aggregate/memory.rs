@@ -40,13 +40,13 @@ pub fn weight(size: u64, mean: u64) -> f64 {
     if p > 0.0 { 1.0 / p } else { 0.0 }
 }
 
-/// The four profile values (see [`SAMPLE_TYPES`]) of `allocs` sampled
-/// allocations of `size` bytes from one stack, `frees` of which were freed
-/// during the capture.
+/// The four profile values (see [`SAMPLE_TYPES`]) of one stack and size:
+/// `allocs` sampled allocations of `size` bytes during the window, and
+/// `live` sampled blocks of that stack and size still in use at its end
+/// (allocated in this window or any earlier one: in use is a state).
 #[must_use]
-pub fn scaled_values(size: u64, allocs: u64, frees: u64, mean: u64) -> [i64; 4] {
+pub fn scaled_values(size: u64, allocs: u64, live: u64, mean: u64) -> [i64; 4] {
     let w = weight(size, mean);
-    let live = allocs.saturating_sub(frees);
     let objects = |n: u64| (n as f64 * w).round() as i64;
     let bytes = |n: u64| (n as f64 * w * size as f64).round() as i64;
     [objects(allocs), bytes(allocs), objects(live), bytes(live)]
@@ -78,7 +78,8 @@ pub fn exponential_intervals(mean: u64, slots: usize) -> Vec<u64> {
         .collect()
 }
 
-/// The kernel's exact counters (`MEM_STATS`) and what they imply.
+/// The kernel's exact counters (`MEM_STATS`) and what they imply: either
+/// cumulative since the start (as read) or for one window ([`Self::since`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryStats {
     pub calls: u64,
@@ -91,20 +92,156 @@ pub struct MemoryStats {
     pub live_inserted: u64,
     pub live_replaced: u64,
     pub nested: u64,
-    /// Entries left in the live map at the end.
+    /// Entries in the live map at the end (a state, never a difference).
     pub live_remaining: u64,
+    /// Sampled blocks the LRU live map pushed out to make room: they no
+    /// longer count as in use (their frees could not be matched, so
+    /// counting them would make "in use" grow for ever in a program that
+    /// churns through more live samples than the table holds).
+    pub evicted: u64,
 }
 
 impl MemoryStats {
-    /// Sampled blocks the LRU live map pushed out to make room (each still
-    /// counts as in use: its free can no longer be matched).
+    /// Fills `evicted` of a cumulative reading: what was inserted and was
+    /// neither freed, replaced nor is still there.
     #[must_use]
-    pub fn evicted(&self) -> u64 {
-        self.live_inserted
+    pub fn with_evictions(mut self) -> Self {
+        self.evicted = self
+            .live_inserted
             .saturating_sub(self.frees_tracked)
             .saturating_sub(self.live_replaced)
-            .saturating_sub(self.live_remaining)
+            .saturating_sub(self.live_remaining);
+        self
     }
+
+    /// The window from `earlier` to `self`, two cumulative readings: every
+    /// count is the difference, `live_remaining` stays the current state.
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        let d = |now: u64, then: u64| now.saturating_sub(then);
+        Self {
+            calls: d(self.calls, earlier.calls),
+            bytes: d(self.bytes, earlier.bytes),
+            sampled: d(self.sampled, earlier.sampled),
+            failed: d(self.failed, earlier.failed),
+            frees: d(self.frees, earlier.frees),
+            frees_tracked: d(self.frees_tracked, earlier.frees_tracked),
+            frees_untracked: d(self.frees_untracked, earlier.frees_untracked),
+            live_inserted: d(self.live_inserted, earlier.live_inserted),
+            live_replaced: d(self.live_replaced, earlier.live_replaced),
+            nested: d(self.nested, earlier.nested),
+            live_remaining: self.live_remaining,
+            evicted: d(self.evicted, earlier.evicted),
+        }
+    }
+}
+
+/// Per-key counts the kernel only ever increments, turned into per-window
+/// differences.
+///
+/// Why not read-and-reset: the kernel keeps counting while the agent reads,
+/// and an increment landing between the read of a key and its reset would
+/// be lost, on every busy key at every window. Instead the kernel's counts
+/// are cumulative and never reset while the key is in use; a window is the
+/// difference from the previous reading, so nothing is lost. Only keys
+/// that did not change for a whole window are deleted from the kernel map
+/// (to keep it from filling with stacks that stopped allocating); an
+/// increment between that read and the delete is the one loss possible,
+/// on a key idle for a window, and the next allocation of the key creates
+/// it afresh.
+#[derive(Debug)]
+pub struct CumulativeCounts<K> {
+    last: std::collections::HashMap<K, u64>,
+}
+
+impl<K> Default for CumulativeCounts<K> {
+    fn default() -> Self {
+        Self {
+            last: std::collections::HashMap::new(),
+        }
+    }
+}
+
+/// One window of [`CumulativeCounts`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Window<K> {
+    /// Keys that counted during the window, with how much.
+    pub counted: Vec<(K, u64)>,
+    /// Keys unchanged for the whole window: delete them from the kernel.
+    pub idle: Vec<K>,
+}
+
+impl<K: Copy + Eq + std::hash::Hash> CumulativeCounts<K> {
+    /// Takes this snapshot's reading of every key (cumulative values) and
+    /// returns the window since the previous one. Keys reported idle are
+    /// forgotten here, so that a key re-created later counts from zero.
+    pub fn advance(&mut self, reading: impl IntoIterator<Item = (K, u64)>) -> Window<K> {
+        let mut window = Window {
+            counted: Vec::new(),
+            idle: Vec::new(),
+        };
+        let mut now = std::collections::HashMap::new();
+        for (key, total) in reading {
+            let before = self.last.get(&key).copied();
+            match before {
+                Some(b) if b == total => window.idle.push(key),
+                // Fewer than before: the key was deleted and re-created
+                // between readings, so all of it is new.
+                Some(b) if b < total => window.counted.push((key, total - b)),
+                _ => window.counted.push((key, total)),
+            }
+            if before != Some(total) {
+                now.insert(key, total);
+            }
+        }
+        self.last = now;
+        window
+    }
+}
+
+/// Which stack ids a long-running capture may free after a snapshot.
+///
+/// Stacks are deduplicated by the kernel into ids; an id must stay as long
+/// as a live block or a recent allocation refers to it. After each
+/// snapshot the ids referred to by that snapshot (window allocations and
+/// every live block) are kept; those referred to by the previous snapshot
+/// but not this one, idle for a whole window, are freed. A sample taken
+/// at that moment with a stack idle until then loses it (counted as a lost
+/// stack lookup at the next snapshot): stacks in steady use are never
+/// freed.
+#[derive(Debug, Default)]
+pub struct StackRetention {
+    previous: std::collections::HashSet<i32>,
+}
+
+impl StackRetention {
+    /// `used`: the stack ids this snapshot referred to. Returns the ids to
+    /// free.
+    pub fn advance(&mut self, used: std::collections::HashSet<i32>) -> Vec<i32> {
+        let mut stale: Vec<i32> = self.previous.difference(&used).copied().collect();
+        stale.sort_unstable();
+        self.previous = used;
+        stale
+    }
+}
+
+/// Named counters the kernel only increments, as differences from an
+/// earlier reading: the non-zero ones.
+#[must_use]
+pub fn counter_deltas(
+    now: &[(&'static str, u64)],
+    before: &[(&'static str, u64)],
+) -> Vec<(&'static str, u64)> {
+    now.iter()
+        .filter_map(|&(name, value)| {
+            let then = before
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0, |(_, v)| *v);
+            let delta = value.saturating_sub(then);
+            (delta > 0).then_some((name, delta))
+        })
+        .collect()
 }
 
 /// First, last and largest of a series of readings (e.g. a process's RSS
@@ -175,13 +312,51 @@ mod tests {
         assert_eq!(v[1], v[3]);
     }
 
-    /// Frees leave "in use"; more frees than allocs never go negative.
+    /// Allocations of the window and blocks still live are scaled apart:
+    /// live blocks of earlier windows count with no allocation in this one.
     #[test]
-    fn frees_reduce_in_use() {
-        let v = scaled_values(1 << 20, 10, 4, 1);
+    fn window_allocations_and_live_blocks_scale_apart() {
+        let v = scaled_values(1 << 20, 10, 6, 1);
         assert_eq!(v, [10, 10 << 20, 6, 6 << 20]);
-        let v = scaled_values(1 << 20, 1, 5, 1);
-        assert_eq!(&v[2..], [0, 0]);
+        let v = scaled_values(1 << 20, 0, 5, 1);
+        assert_eq!(v, [0, 0, 5, 5 << 20]);
+    }
+
+    /// Windows of cumulative counts: the difference per key, nothing lost
+    /// between readings, idle keys reported once and re-created keys
+    /// counted from zero.
+    #[test]
+    fn cumulative_counts_become_windows() {
+        let mut counts = CumulativeCounts::default();
+        let w = counts.advance([(1, 5), (2, 3)]);
+        assert_eq!(w.counted, vec![(1, 5), (2, 3)]);
+        assert!(w.idle.is_empty());
+        let w = counts.advance([(1, 9), (2, 3)]);
+        assert_eq!((w.counted, w.idle), (vec![(1, 4)], vec![2]));
+        // 2 was deleted by the caller, then allocated twice again.
+        let w = counts.advance([(1, 9), (2, 2)]);
+        assert_eq!((w.counted, w.idle), (vec![(2, 2)], vec![1]));
+        // A key that went backwards was re-created: all of it is new.
+        let w = counts.advance([(2, 1)]);
+        assert_eq!(w.counted, vec![(2, 1)]);
+    }
+
+    /// Counter windows keep only what grew, by name.
+    #[test]
+    fn counter_windows() {
+        let before = [("a", 5), ("b", 2)];
+        let now = [("a", 5), ("b", 7), ("c", 1)];
+        assert_eq!(counter_deltas(&now, &before), vec![("b", 5), ("c", 1)]);
+    }
+
+    /// A stack id is freed only after a whole snapshot without a use.
+    #[test]
+    fn stacks_are_freed_after_a_window_unused() {
+        let mut keep = StackRetention::default();
+        assert!(keep.advance([1, 2, 3].into()).is_empty());
+        assert_eq!(keep.advance([1, 3].into()), vec![2]);
+        assert_eq!(keep.advance([3].into()), vec![1]);
+        assert!(keep.advance([3, 2].into()).is_empty());
     }
 
     /// The interval table has the requested mean and an exponential's
@@ -232,18 +407,36 @@ mod tests {
         assert!(err < 0.05, "estimate {estimate} vs {truth} ({err})");
     }
 
-    /// Evictions are what was inserted and neither freed, replaced nor left.
+    /// Evictions are what was inserted and neither freed, replaced nor
+    /// left; a window's counts are differences but its live blocks a state.
     #[test]
-    fn evictions() {
-        let stats = MemoryStats {
+    fn evictions_and_windows() {
+        let before = MemoryStats {
             live_inserted: 100,
             frees_tracked: 30,
             live_replaced: 5,
             live_remaining: 40,
+            calls: 1_000,
             ..MemoryStats::default()
-        };
-        assert_eq!(stats.evicted(), 25);
-        assert_eq!(MemoryStats::default().evicted(), 0);
+        }
+        .with_evictions();
+        assert_eq!(before.evicted, 25);
+        assert_eq!(MemoryStats::default().with_evictions().evicted, 0);
+        let now = MemoryStats {
+            live_inserted: 300,
+            frees_tracked: 150,
+            live_replaced: 5,
+            live_remaining: 60,
+            calls: 4_000,
+            ..MemoryStats::default()
+        }
+        .with_evictions();
+        let window = now.since(&before);
+        assert_eq!(
+            (window.calls, window.live_inserted, window.live_remaining),
+            (3_000, 200, 60)
+        );
+        assert_eq!(window.evicted, 85 - 25);
     }
 
     /// Series keep first, last and peak.

@@ -14,9 +14,9 @@ use super::{
 };
 use crate::{
     aggregate::memory::{ALLOC_SPACE, INUSE_SPACE, SAMPLE_TYPES, human_bytes},
-    probes::memory::{
-        MemoryCapture, MemoryConfig, MemoryProfiler, allocators,
-        usage::{ProcessUsage, UsageWatch},
+    probes::{
+        component::Component as _,
+        memory::{MemoryConfig, MemoryProfiler, MemorySnapshot, allocators, usage::ProcessUsage},
     },
 };
 
@@ -83,7 +83,7 @@ pub fn run(args: &RecordMemoryArgs) -> anyhow::Result<()> {
         pids: args.pids.clone(),
         sample_bytes: args.sample_bytes,
     };
-    let mut profiler = MemoryProfiler::start(&config).context("starting the memory profiler")?;
+    let profiler = MemoryProfiler::start(&config).context("starting the memory profiler")?;
     for pid in &args.pids {
         let points: Vec<_> = profiler
             .points
@@ -97,16 +97,7 @@ pub fn run(args: &RecordMemoryArgs) -> anyhow::Result<()> {
             allocators::describe(&points).join("; ")
         );
     }
-    let mut usage = UsageWatch::new(&args.pids);
-    let ended = capture_loop::wait(args.duration, "sampled allocations", || {
-        profiler.poll_new_processes();
-        usage.tick();
-        profiler.samples_so_far().unwrap_or(0)
-    })?;
-    usage.sample();
-    let capture = profiler
-        .finish()
-        .context("reading the capture out of the kernel")?;
+    let (capture, ended) = capture_loop::record(profiler, args.duration, "sampled allocations")?;
     let shape = profile_out::shape(
         SAMPLE_TYPES
             .iter()
@@ -131,7 +122,7 @@ pub fn run(args: &RecordMemoryArgs) -> anyhow::Result<()> {
         title,
         index,
     )?;
-    summarize(args, &capture, &usage);
+    summarize(args, &capture);
     Ok(())
 }
 
@@ -143,7 +134,7 @@ fn outputs(args: &RecordMemoryArgs) -> Outputs {
     }
 }
 
-fn summarize(args: &RecordMemoryArgs, capture: &MemoryCapture, usage: &UsageWatch) {
+fn summarize(args: &RecordMemoryArgs, capture: &MemorySnapshot) {
     let s = &capture.stats;
     eprintln!(
         "qprof: {} sampled allocations ({} distinct stacks) written to {} (default sample type inuse_space)",
@@ -162,10 +153,10 @@ fn summarize(args: &RecordMemoryArgs, capture: &MemoryCapture, usage: &UsageWatc
         "qprof: frees: {} ({} of sampled blocks; {} of untracked addresses ignored: not sampled, or allocated before the capture)",
         s.frees, s.frees_tracked, s.frees_untracked
     );
-    if s.evicted() > 0 {
+    if s.evicted > 0 {
         eprintln!(
-            "qprof: live-sample table full: {} oldest sampled blocks evicted (they count as still in use)",
-            s.evicted()
+            "qprof: live-sample table full: {} oldest sampled blocks evicted (not counted as in use: their frees could not be matched)",
+            s.evicted
         );
     }
     if s.calls == 0 {
@@ -176,7 +167,7 @@ fn summarize(args: &RecordMemoryArgs, capture: &MemoryCapture, usage: &UsageWatc
             args.sample_bytes
         );
     }
-    for (pid, process) in usage.processes() {
+    for (pid, process) in &capture.usage {
         eprintln!("qprof: pid {pid}: {}", usage_line(process));
     }
     if !capture.drops.is_empty() {

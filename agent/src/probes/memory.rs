@@ -12,34 +12,39 @@
 //! counted once.
 
 pub mod allocators;
+pub mod kernel;
 pub mod placement;
 pub mod usage;
 
-use std::num::NonZeroU32;
+use std::{
+    collections::{HashMap, HashSet},
+    num::NonZeroU32,
+};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::Array,
     programs::{
         ProgramError, UProbe,
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
-use qprof_common::memory::{
-    AllocCounts, AllocKey, INTERVAL_SLOTS, LiveKey, MAP_ALLOCS, MAP_INTERVALS, MAP_LIVE, MAP_STATS,
-    Stat,
-};
+use qprof_common::memory::{AllocKey, INTERVAL_SLOTS, LiveKey, MAP_INTERVALS, Stat};
 
-use self::allocators::{AllocatorError, AttachPoint, RETURN_PROGRAM};
+use self::{
+    allocators::{AllocatorError, AttachPoint, RETURN_PROGRAM},
+    usage::{ProcessUsage, UsageWatch},
+};
 use super::{
     ProbeError,
+    component::{CaptureKind, Component},
     discovery::NewPidWatcher,
     load_object, map_err, missing_map,
     process_maps::ProcessMaps,
     unwind::{FramePointerStacks, StackSource},
 };
 use crate::aggregate::{
-    memory::{MemoryStats, exponential_intervals, scaled_values},
+    memory::{CumulativeCounts, MemoryStats, StackRetention, exponential_intervals, scaled_values},
     stacks::{RawStack, StackCounts},
 };
 
@@ -64,28 +69,50 @@ pub enum MemoryError {
         module: String,
         source: ProgramError,
     },
+    #[error("reading BPF map {map} in batches: {source}")]
+    Batch {
+        map: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// A running capture. Dropping it detaches every uprobe (aya owns the
 /// links), so an error path leaves no probe behind.
+///
+/// Between snapshots the kernel keeps two things: the sampled allocations
+/// per (process, stack, size), cumulative (see `CumulativeCounts` for why
+/// they are never reset while in use), and the table of live sampled
+/// blocks, which persists across snapshots: bytes in use are a state, not
+/// a rate, and each snapshot counts them from that table.
 pub struct MemoryProfiler {
     ebpf: Ebpf,
-    links: Vec<(&'static str, UProbeLinkId)>,
     watcher: NewPidWatcher,
+    stacks: FramePointerStacks,
+    usage: UsageWatch,
     /// What was attached, for the start-up message.
     pub points: Vec<AttachPoint>,
-    comms: std::collections::HashMap<u32, String>,
+    pids: Vec<u32>,
+    comms: HashMap<u32, String>,
     sample_bytes: u64,
+    allocs: CumulativeCounts<AllocKey>,
+    retention: StackRetention,
+    /// The cumulative counters and loss counters at the last snapshot.
+    last_stats: MemoryStats,
+    last_drops: Vec<(&'static str, u64)>,
 }
 
-/// Everything a capture produced, ready for symbolization.
-pub struct MemoryCapture {
-    /// Values per stack in `aggregate::memory::SAMPLE_TYPES` order, scaled.
+/// One window (or a whole capture), ready for symbolization.
+pub struct MemorySnapshot {
+    /// Values per stack in `aggregate::memory::SAMPLE_TYPES` order, scaled:
+    /// allocations of the window, and blocks in use at its end.
     pub stacks: StackCounts,
     pub maps: ProcessMaps,
+    /// Counts of the window; `live_remaining` at its end.
     pub stats: MemoryStats,
-    /// Loss counters, by reason, only the non-zero ones.
+    /// Loss counters of the window, by reason, only the non-zero ones.
     pub drops: Vec<(&'static str, u64)>,
+    /// RSS and PSS of each target process through the window.
+    pub usage: Vec<(u32, ProcessUsage)>,
 }
 
 fn program_err(name: &'static str) -> impl FnOnce(ProgramError) -> ProbeError {
@@ -104,8 +131,9 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, 
 
 impl MemoryProfiler {
     /// Finds every target's allocator (failing before anything is loaded
-    /// if one has none), fills the sampling intervals and attaches.
-    pub fn start(config: &MemoryConfig) -> Result<Self, MemoryError> {
+    /// if one has none), fills the sampling intervals, attaches with the
+    /// programs inert, and turns them all on at once.
+    fn open(config: &MemoryConfig) -> Result<Self, MemoryError> {
         let mut points = Vec::new();
         for &pid in &config.pids {
             points.extend(allocators::find(pid)?);
@@ -123,6 +151,7 @@ impl MemoryProfiler {
                 .map_err(map_err(MAP_INTERVALS))?;
         }
         let watcher = NewPidWatcher::new(&mut ebpf, &config.pids)?;
+        let stacks = FramePointerStacks::take(&mut ebpf)?;
         let comms = config
             .pids
             .iter()
@@ -130,13 +159,24 @@ impl MemoryProfiler {
             .collect();
         let mut profiler = Self {
             ebpf,
-            links: Vec::new(),
             watcher,
+            stacks,
+            usage: UsageWatch::new(&config.pids),
             points,
+            pids: config.pids.clone(),
             comms,
             sample_bytes: config.sample_bytes,
+            allocs: CumulativeCounts::default(),
+            retention: StackRetention::default(),
+            last_stats: MemoryStats::default(),
+            last_drops: Vec::new(),
         };
         profiler.attach_all()?;
+        // Every probe is in place: from this instant on all of them count.
+        // (Turned on one by one, a block freed while `malloc`'s probe was
+        // already counting but `free`'s not yet would stay "in use".)
+        kernel::set_enabled(&mut profiler.ebpf, true)?;
+        profiler.usage.sample();
         Ok(profiler)
     }
 
@@ -159,7 +199,9 @@ impl MemoryProfiler {
                     UProbeScope::AllProcesses, // unreachable: pids are > 0
                     UProbeScope::OneProcess,
                 );
-                let link = program
+                // The link stays owned by the program: dropping the object
+                // detaches it.
+                let _: UProbeLinkId = program
                     .attach(
                         UProbeAttachLocation::AbsoluteOffset(point.offset),
                         &point.target,
@@ -171,104 +213,70 @@ impl MemoryProfiler {
                         module: point.module.clone(),
                         source,
                     })?;
-                self.links.push((name, link));
             }
         }
         Ok(())
     }
 
-    /// Snapshots the mappings of processes seen for the first time. Call
-    /// every ~100 ms.
-    pub fn poll_new_processes(&mut self) {
-        self.watcher.poll();
-    }
-
-    /// Sampled allocations so far (cheap: one per-CPU array lookup).
-    pub fn samples_so_far(&self) -> Result<u64, ProbeError> {
-        self.stat(Stat::Sampled)
-    }
-
-    fn stat(&self, stat: Stat) -> Result<u64, ProbeError> {
-        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(MAP_STATS)
-                .ok_or_else(|| missing_map(MAP_STATS))?,
-        )
-        .map_err(map_err(MAP_STATS))?;
-        Ok(stats
-            .get(&(stat as u32), 0)
-            .map_err(map_err(MAP_STATS))?
-            .iter()
-            .sum())
-    }
-
-    /// Detaches every probe, then reads everything out of the kernel.
-    pub fn finish(mut self) -> Result<MemoryCapture, ProbeError> {
-        self.detach_all()?;
-        let stats = self.stats()?;
-        let mut drops = super::drop_counters(&self.ebpf)?;
-        if self.watcher.maps.dropped > 0 {
-            drops.push(("process_table_full", self.watcher.maps.dropped));
+    /// Reads the window since the last snapshot: allocations counted since
+    /// then, every live block, the counters; then frees what the kernel no
+    /// longer needs (allocation keys and stack ids idle for a whole window,
+    /// live blocks of processes that exited).
+    fn read_window(&mut self) -> Result<MemorySnapshot, MemoryError> {
+        let live = kernel::live_blocks(&self.ebpf)?;
+        let counts = kernel::alloc_counts(&self.ebpf)?;
+        let now = kernel::stats(&self.ebpf, live.len())?;
+        let window = self.allocs.advance(counts);
+        kernel::forget_allocs(&mut self.ebpf, &window.idle)?;
+        let live_by_key = kernel::live_by_key(&live);
+        let mut rows: HashMap<AllocKey, (u64, u64)> = HashMap::new();
+        for (key, n) in window.counted {
+            rows.entry(key).or_default().0 += n;
         }
-        let stacks = self.read_stacks()?;
-        let maps = self.watcher.finish();
-        Ok(MemoryCapture {
+        for (key, n) in live_by_key {
+            rows.entry(key).or_default().1 += n;
+        }
+        let (stacks, lost) = self.stack_counts(&rows);
+        let used: HashSet<i32> = rows.keys().map(|k| k.user_stack_id).collect();
+        for id in self.retention.advance(used) {
+            self.stacks.forget(id);
+        }
+        let usage = self.usage.take();
+        let exited: HashSet<u32> = usage
+            .iter()
+            .filter(|(_, u)| u.gone)
+            .map(|(pid, _)| *pid)
+            .collect();
+        if !exited.is_empty() {
+            let gone: Vec<LiveKey> = live
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| exited.contains(&k.pid))
+                .collect();
+            kernel::forget_live(&mut self.ebpf, &gone)?;
+        }
+        let drops = self.drops(lost)?;
+        let stats = now.since(&self.last_stats);
+        self.last_stats = now;
+        Ok(MemorySnapshot {
             stacks,
-            maps,
+            maps: self.current_maps(),
             stats,
             drops,
+            usage,
         })
     }
 
-    /// Each uprobe's removal waits for an RCU grace period, one after the
-    /// other in the kernel (~75 ms per link here, even from parallel
-    /// threads): about 0.8 s for the 11 links of a process on glibc.
-    fn detach_all(&mut self) -> Result<(), ProbeError> {
-        for (name, link) in std::mem::take(&mut self.links) {
-            uprobe(&mut self.ebpf, name)?
-                .detach(link)
-                .map_err(program_err(name))?;
-        }
-        Ok(())
-    }
-
-    fn stats(&self) -> Result<MemoryStats, ProbeError> {
-        let live: HashMap<_, LiveKey, AllocKey> = HashMap::try_from(
-            self.ebpf
-                .map(MAP_LIVE)
-                .ok_or_else(|| missing_map(MAP_LIVE))?,
-        )
-        .map_err(map_err(MAP_LIVE))?;
-        Ok(MemoryStats {
-            calls: self.stat(Stat::Calls)?,
-            bytes: self.stat(Stat::Bytes)?,
-            sampled: self.stat(Stat::Sampled)?,
-            failed: self.stat(Stat::Failed)?,
-            frees: self.stat(Stat::Frees)?,
-            frees_tracked: self.stat(Stat::FreesTracked)?,
-            frees_untracked: self.stat(Stat::FreesUntracked)?,
-            live_inserted: self.stat(Stat::LiveInserted)?,
-            live_replaced: self.stat(Stat::LiveReplaced)?,
-            nested: self.stat(Stat::Nested)?,
-            live_remaining: live.keys().flatten().count() as u64,
-        })
-    }
-
-    fn read_stacks(&mut self) -> Result<StackCounts, ProbeError> {
-        let source = FramePointerStacks::take(&mut self.ebpf)?;
-        let counts: PerCpuHashMap<_, AllocKey, AllocCounts> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map(MAP_ALLOCS)
-                .ok_or_else(|| missing_map(MAP_ALLOCS))?,
-        )
-        .map_err(map_err(MAP_ALLOCS))?;
+    /// One stack row per key: (window allocations, live blocks), scaled.
+    /// Also returns how many stack ids could not be read.
+    fn stack_counts(&self, rows: &HashMap<AllocKey, (u64, u64)>) -> (StackCounts, u64) {
         let mut stacks = StackCounts::default();
-        for entry in &counts {
-            let (key, per_cpu) = entry.map_err(map_err(MAP_ALLOCS))?;
-            let (allocs, frees) = per_cpu
-                .iter()
-                .fold((0, 0), |(a, f), c| (a + c.allocs, f + c.frees));
-            let mut user = source.frames(key.user_stack_id).unwrap_or_default();
+        let mut lost = 0;
+        for (key, &(allocs, live)) in rows {
+            let mut user = self.stacks.frames(key.user_stack_id).unwrap_or_else(|_| {
+                lost += 1;
+                Vec::new()
+            });
             // The stack was taken at the return: its first frame is a
             // return address, whose call is the byte before.
             if let Some(leaf) = user.first_mut() {
@@ -284,10 +292,75 @@ impl MemoryProfiler {
                     .unwrap_or_else(|| allocators::comm(key.pid)),
                 user,
                 kernel: Vec::new(),
-                values: scaled_values(key.size, allocs, frees, self.sample_bytes).to_vec(),
+                values: scaled_values(key.size, allocs, live, self.sample_bytes).to_vec(),
                 labels: Vec::new(),
             });
         }
-        Ok(stacks)
+        (stacks, lost)
+    }
+
+    /// Loss counters of the window, plus this window's unreadable stacks.
+    fn drops(&mut self, stacks_lost: u64) -> Result<Vec<(&'static str, u64)>, ProbeError> {
+        let mut now = super::drop_counters(&self.ebpf)?;
+        if self.watcher.maps.dropped > 0 {
+            now.push(("process_table_full", self.watcher.maps.dropped));
+        }
+        let mut window = crate::aggregate::memory::counter_deltas(&now, &self.last_drops);
+        self.last_drops = now;
+        if stacks_lost > 0 {
+            window.push(("mem_stack_lookup_failed", stacks_lost));
+        }
+        Ok(window)
+    }
+
+    /// The mappings of every process seen, refreshed for those alive (to
+    /// catch libraries loaded since).
+    fn current_maps(&mut self) -> ProcessMaps {
+        self.watcher.poll();
+        for &pid in &self.pids {
+            self.watcher.maps.snapshot(pid);
+        }
+        self.watcher.maps.clone()
+    }
+}
+
+impl Component for MemoryProfiler {
+    type Config = MemoryConfig;
+    type Snapshot = MemorySnapshot;
+    type Error = MemoryError;
+
+    const KIND: CaptureKind = CaptureKind::Memory;
+
+    fn start(config: &MemoryConfig) -> Result<Self, MemoryError> {
+        Self::open(config)
+    }
+
+    /// Snapshots the mappings of processes seen for the first time and
+    /// reads memory usage about once a second.
+    fn poll(&mut self) {
+        self.watcher.poll();
+        self.usage.tick();
+    }
+
+    /// Sampled allocations so far (one per-CPU array lookup).
+    fn progress(&self) -> u64 {
+        kernel::stat(&self.ebpf, Stat::Sampled).unwrap_or(0)
+    }
+
+    /// The window's allocations and the blocks in use now, with the probes
+    /// counting on (so "now" is the few ms the reads take).
+    fn snapshot(&mut self) -> Result<MemorySnapshot, MemoryError> {
+        self.read_window()
+    }
+
+    /// Makes every program inert at one instant, waits for those running
+    /// to finish, reads the last window, then detaches (dropping the
+    /// object: ~75 ms per uprobe, which no longer matters).
+    fn stop(mut self) -> Result<MemorySnapshot, MemoryError> {
+        kernel::set_enabled(&mut self.ebpf, false)?;
+        kernel::quiesce();
+        let last = self.read_window()?;
+        drop(self);
+        Ok(last)
     }
 }

@@ -15,14 +15,34 @@ pub const MAP_PENDING: &str = "MEM_PENDING";
 pub const MAP_INTERVALS: &str = "MEM_INTERVALS";
 pub const MAP_COUNTDOWN: &str = "MEM_COUNTDOWN";
 pub const MAP_STATS: &str = "MEM_STATS";
+pub const MAP_CONFIG: &str = "MEM_CONFIG";
 
-/// Distinct (pid, user stack, size) keys per capture. Programs allocate
+/// Slots of `MEM_CONFIG`, an array of `u32` the agent writes.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigSlot {
+    /// Non-zero while the capture runs. Every memory program (allocation
+    /// entry and return, and `free`) checks it first and does nothing when
+    /// it is zero, so that the agent can make all of them inert at one
+    /// instant: at the start once every uprobe is attached, and at the end
+    /// before it reads the maps and removes the uprobes one by one (tens of
+    /// ms each, while a program that keeps running would change the maps;
+    /// frees still counted after `malloc`'s probe is gone empty the table
+    /// of live blocks).
+    Enabled = 0,
+}
+
+pub const CONFIG_SLOTS: u32 = 1;
+
+/// Distinct (pid, user stack, size) keys allocating at once (keys idle for
+/// a whole window are deleted by the agent). Programs allocate
 /// from a few thousand sites in a handful of sizes each; 65,536 keys of 16
 /// bytes per CPU is 1 MiB per CPU. Samples beyond it are counted
 /// (`Counter::MemAllocMapFull`), not kept.
 pub const ALLOCS_CAPACITY: u32 = 65_536;
 /// Live sampled allocations tracked by address (LRU: when full the oldest
-/// is evicted and then counts as still in use). At the default of one
+/// is evicted; it no longer counts as in use, and the evictions are
+/// counted). At the default of one
 /// sample per 512 KiB this covers a 32 GiB live heap; ~6 MiB of kernel
 /// memory, preallocated by the LRU map.
 pub const LIVE_CAPACITY: u32 = 65_536;
@@ -38,9 +58,12 @@ pub const INTERVAL_SLOTS: u32 = 16_384;
 /// instead of being taken for a call nested inside it.
 pub const STALE_PENDING_NS: u64 = 1_000_000_000;
 
-/// Key of `MEM_ALLOCS`; the value is an [`AllocCounts`] per CPU. The size
-/// is part of the key so that userspace can undo the size-dependent
-/// sampling probability exactly.
+/// Key of `MEM_ALLOCS`; the value is a `u64` per CPU: sampled allocations
+/// since the key was created, never reset by the kernel (the agent reads
+/// per-window differences and deletes keys idle for a whole window). The
+/// size is part of the key so that userspace can undo the size-dependent
+/// sampling probability exactly. It is also the value of `MEM_LIVE`, so
+/// the bytes in use are counted by key from the live blocks themselves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AllocKey {
@@ -52,16 +75,6 @@ pub struct AllocKey {
     pub size: u64,
 }
 const _: () = assert!(core::mem::size_of::<AllocKey>() == 16);
-
-/// Value of `MEM_ALLOCS`: sampled allocations and how many of them were
-/// freed during the capture (in use = allocs - frees).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AllocCounts {
-    pub allocs: u64,
-    pub frees: u64,
-}
-const _: () = assert!(core::mem::size_of::<AllocCounts>() == 16);
 
 /// Key of `MEM_LIVE` (value: the block's [`AllocKey`]). The pid is part of
 /// the key because two processes hand out the same addresses.
@@ -157,8 +170,6 @@ mod pod {
     // SAFETY (all): repr(C) structs of integers with explicit padding and
     // asserted sizes: every bit pattern is valid, no implicit padding.
     unsafe impl aya::Pod for super::AllocKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::AllocCounts {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LiveKey {}
     // SAFETY: as above.

@@ -23,17 +23,23 @@ use aya_ebpf::{
 use qprof_common::{
     counters::Counter,
     memory::{
-        ALLOCS_CAPACITY, AllocCounts, AllocKey, INTERVAL_SLOTS, LIVE_CAPACITY, LiveKey,
-        PENDING_CAPACITY, PENDING_OUT_PARAM, PENDING_SAMPLED, Pending, STALE_PENDING_NS,
+        ALLOCS_CAPACITY, AllocKey, CONFIG_SLOTS, ConfigSlot, INTERVAL_SLOTS, LIVE_CAPACITY,
+        LiveKey, PENDING_CAPACITY, PENDING_OUT_PARAM, PENDING_SAMPLED, Pending, STALE_PENDING_NS,
         STAT_SLOTS, Stat,
     },
 };
 
 use crate::{counters::bump, cpu::stack_id, discovery::announce_new_pid};
 
+/// Sampled allocations per key, cumulative (see `AllocKey`).
 #[map(name = "MEM_ALLOCS")]
-static MEM_ALLOCS: PerCpuHashMap<AllocKey, AllocCounts> =
+static MEM_ALLOCS: PerCpuHashMap<AllocKey, u64> =
     PerCpuHashMap::with_max_entries(ALLOCS_CAPACITY, 0);
+
+/// Written by the agent (see `ConfigSlot`); zero, so inert, until every
+/// probe is attached.
+#[map(name = "MEM_CONFIG")]
+static MEM_CONFIG: Array<u32> = Array::with_max_entries(CONFIG_SLOTS, 0);
 
 #[map(name = "MEM_LIVE")]
 static MEM_LIVE: LruHashMap<LiveKey, AllocKey> = LruHashMap::with_max_entries(LIVE_CAPACITY, 0);
@@ -60,6 +66,15 @@ fn add(stat: Stat, n: u64) {
         // one CPU do not preempt each other.
         unsafe { *slot += n };
     }
+}
+
+/// Whether the capture runs: the first thing every memory program checks,
+/// so that the agent can stop all of them at one instant.
+#[inline(always)]
+fn enabled() -> bool {
+    MEM_CONFIG
+        .get(ConfigSlot::Enabled as u32)
+        .is_some_and(|v| *v != 0)
 }
 
 #[inline(always)]
@@ -123,6 +138,9 @@ fn nested_in(pending: &Pending, sp: u64, now: u64) -> bool {
 /// `realloc`'s block, `out_ptr` `posix_memalign`'s out-parameter.
 #[inline(always)]
 pub fn on_alloc_entry(ctx: &ProbeContext, size: u64, old_ptr: u64, out_ptr: u64) {
+    if !enabled() {
+        return;
+    }
     let tid = bpf_get_current_pid_tgid() as u32;
     let sp = stack_pointer(ctx);
     let now = now_ns();
@@ -167,6 +185,9 @@ pub fn on_alloc_entry(ctx: &ProbeContext, size: u64, old_ptr: u64, out_ptr: u64)
 /// Return of an allocating function (one program for all of them).
 #[inline(always)]
 pub fn on_alloc_return(ctx: &RetProbeContext) {
+    if !enabled() {
+        return;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(slot) = MEM_PENDING.get_ptr_mut(pid_tgid as u32) else {
         return;
@@ -217,7 +238,7 @@ pub fn on_alloc_return(ctx: &RetProbeContext) {
 /// Entry of `free`.
 #[inline(always)]
 pub fn on_free(ctx: &ProbeContext, ptr: u64) {
-    if ptr == 0 {
+    if ptr == 0 || !enabled() {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -234,34 +255,20 @@ pub fn on_free(ctx: &ProbeContext, ptr: u64) {
     retire((pid_tgid >> 32) as u32, ptr);
 }
 
-/// A block was freed: if it was a tracked sample, count its free against
-/// its key so that it leaves "in use".
+/// A block was freed: if it was a tracked sample, it leaves the live table
+/// (which is what "in use" is counted from).
 #[inline(always)]
 fn retire(pid: u32, addr: u64) {
     add(Stat::Frees, 1);
     let live = LiveKey { pid, pad: 0, addr };
     // SAFETY: the value is copied out at once; a concurrent delete can at
     // worst make the copy stale, and the remove below decides who counts.
-    let Some(key) = (unsafe { MEM_LIVE.get(live) }).copied() else {
-        add(Stat::FreesUntracked, 1);
-        return;
-    };
     if MEM_LIVE.remove(live).is_err() {
-        // Another CPU retired it first (a racing double free).
+        // Not tracked, or another CPU retired it first (a racing double free).
         add(Stat::FreesUntracked, 1);
         return;
     }
     add(Stat::FreesTracked, 1);
-    count_free(&key);
-}
-
-#[inline(always)]
-fn count_free(key: &AllocKey) {
-    if let Some(counts) = MEM_ALLOCS.get_ptr_mut(key) {
-        // SAFETY: this CPU's slot of a live per-CPU map value; no
-        // preemption. The entry exists for every CPU once inserted.
-        unsafe { (*counts).frees += 1 };
-    }
 }
 
 /// A sampled allocation returned `block`: count it under its stack and
@@ -284,12 +291,11 @@ fn record(ctx: &RetProbeContext, pid: u32, block: u64, size: u64) {
         pad: 0,
         addr: block,
     };
-    // SAFETY: copied out at once (see retire).
-    if let Some(old) = (unsafe { MEM_LIVE.get(live) }).copied() {
+    // SAFETY: only tested for presence.
+    if unsafe { MEM_LIVE.get(live) }.is_some() {
         // The address was handed out again, so the tracked block there was
-        // freed without our seeing it.
+        // freed without our seeing it; the insert below replaces it.
         add(Stat::LiveReplaced, 1);
-        count_free(&old);
     }
     if MEM_LIVE.insert(live, key, 0).is_ok() {
         add(Stat::LiveInserted, 1);
@@ -302,26 +308,19 @@ fn record(ctx: &RetProbeContext, pid: u32, block: u64, size: u64) {
 /// full.
 #[inline(always)]
 fn count_alloc(key: &AllocKey) -> bool {
-    if let Some(counts) = MEM_ALLOCS.get_ptr_mut(key) {
+    if let Some(count) = MEM_ALLOCS.get_ptr_mut(key) {
         // SAFETY: this CPU's slot of a live per-CPU map value; no preemption.
-        unsafe { (*counts).allocs += 1 };
+        unsafe { *count += 1 };
         return true;
     }
-    let first = AllocCounts {
-        allocs: 1,
-        frees: 0,
-    };
-    if MEM_ALLOCS
-        .insert(key, first, u64::from(BPF_NOEXIST))
-        .is_ok()
-    {
+    if MEM_ALLOCS.insert(key, 1, u64::from(BPF_NOEXIST)).is_ok() {
         return true;
     }
     // EEXIST: another CPU created the key after our lookup; our slot is 0.
     match MEM_ALLOCS.get_ptr_mut(key) {
-        Some(counts) => {
+        Some(count) => {
             // SAFETY: as above.
-            unsafe { (*counts).allocs += 1 };
+            unsafe { *count += 1 };
             true
         }
         None => false,

@@ -110,6 +110,28 @@ impl UsageWatch {
         }
     }
 
+    /// Reads every process now and returns the series since the last
+    /// call (a window); the next window's series start from this reading.
+    pub fn take(&mut self) -> Vec<(u32, ProcessUsage)> {
+        self.sample();
+        self.by_pid
+            .iter_mut()
+            .map(|(&pid, usage)| {
+                let mut next = ProcessUsage {
+                    gone: usage.gone,
+                    ..ProcessUsage::default()
+                };
+                if let Some(rss) = usage.rss.end {
+                    next.rss.add(rss);
+                }
+                if let Some(pss) = usage.pss.end {
+                    next.pss.add(pss);
+                }
+                (pid, std::mem::replace(usage, next))
+            })
+            .collect()
+    }
+
     pub fn processes(&self) -> impl Iterator<Item = (u32, &ProcessUsage)> {
         self.by_pid.iter().map(|(&p, u)| (p, u))
     }
@@ -156,5 +178,12 @@ mod tests {
         assert_eq!(got[0].1.rss.readings, 1);
         assert!(got[0].1.rss.peak.unwrap_or(0) > 0);
         assert!(got[1].1.gone);
+        let window = watch.take();
+        assert_eq!(window[0].1.rss.readings, 2);
+        assert!(window[1].1.gone);
+        // The next window starts from the reading that ended this one.
+        let next = watch.take();
+        assert_eq!(next[0].1.rss.readings, 2);
+        assert_eq!(next[0].1.rss.start, window[0].1.rss.end);
     }
 }
