@@ -41,16 +41,12 @@ fn strace_counts(text: &str) -> std::collections::HashMap<String, (u64, u64)> {
     out
 }
 
-/// Exact counts (100,000 getppid; 1,000 open failing with ENOENT) that agree
-/// with strace -f -c on the same run, and latency percentiles that match the
-/// fixture's 1 ms and 10 ms sleeps.
-#[test]
-fn counts_are_exact_and_match_strace() {
-    require_root();
-    let dir = TempDir::new("sys-counts");
+/// The `counts` fixture run under `strace -f -c` (its summary goes to
+/// `strace.txt` in `dir`), ready to be told to work.
+fn fixture_under_strace(dir: &TempDir) -> (Fixture, std::path::PathBuf) {
     let fixture = build_fixture("syscalls_fixed", dir.path());
     let strace_out = dir.join("strace.txt");
-    let mut fx = Fixture::start(
+    let fx = Fixture::start(
         Path::new("strace"),
         &[
             "-f",
@@ -63,31 +59,40 @@ fn counts_are_exact_and_match_strace() {
             "counts",
         ],
     );
-    let json = dir.join("sys.json");
-    let pid = fx.pid.to_string();
-    let mut qprof = QprofRun::start(&[
+    (fx, strace_out)
+}
+
+/// `record syscalls --pid PID --mode MODE` writing JSON to `json`, attached.
+fn record_pid(pid: u32, mode: &str, json: &Path) -> QprofRun {
+    QprofRun::start(&[
         "record",
         "syscalls",
         "--pid",
-        &pid,
+        &pid.to_string(),
+        "--mode",
+        mode,
         "--duration",
         "60s",
         "--json",
         json.to_str().unwrap_or_default(),
-    ]);
-    fx.run_to_done();
+    ])
+}
+
+/// Stops a run and checks that it succeeded.
+fn stop(mut qprof: QprofRun) {
     qprof.interrupt();
     let fin = qprof.wait();
     assert!(fin.status.success(), "qprof failed: {}", fin.stderr);
-    let fixture_pid = fx.pid;
-    assert!(fx.finish().success());
+}
 
-    let rows = rows_for(&json, fixture_pid);
+/// The fixture's exact counts, checked against strace's: 100,000 getppid
+/// without error, 1,000 open all failing with ENOENT, strace's nanosleeps.
+fn assert_exact_counts(rows: &std::collections::HashMap<String, Value>, strace_out: &Path) {
     assert_eq!(rows["getppid"]["calls"], 100_000, "{:?}", rows["getppid"]);
     assert_eq!(rows["getppid"]["errors"], serde_json::json!({}));
     assert_eq!(rows["open"]["calls"], 1_000);
     assert_eq!(rows["open"]["errors"], serde_json::json!({"ENOENT": 1000}));
-    let strace = strace_counts(&std::fs::read_to_string(&strace_out).unwrap_or_default());
+    let strace = strace_counts(&std::fs::read_to_string(strace_out).unwrap_or_default());
     assert_eq!(
         strace.get("getppid"),
         Some(&(100_000, 0)),
@@ -99,6 +104,26 @@ fn counts_are_exact_and_match_strace() {
         "strace: {strace:?}"
     );
     assert_eq!(rows["nanosleep"]["calls"], strace["nanosleep"].0);
+}
+
+/// Exact counts (100,000 getppid; 1,000 open failing with ENOENT) that agree
+/// with strace -f -c on the same run, and latency percentiles that match the
+/// fixture's 1 ms and 10 ms sleeps.
+#[test]
+fn counts_are_exact_and_match_strace() {
+    require_root();
+    let dir = TempDir::new("sys-counts");
+    let (mut fx, strace_out) = fixture_under_strace(&dir);
+    let json = dir.join("sys.json");
+    let qprof = record_pid(fx.pid, "full", &json);
+    fx.run_to_done();
+    stop(qprof);
+    let fixture_pid = fx.pid;
+    assert!(fx.finish().success());
+
+    let rows = rows_for(&json, fixture_pid);
+    assert_exact_counts(&rows, &strace_out);
+    assert_eq!(rows["getppid"]["timed_calls"], 100_000);
 
     // 200 sleeps of 1 ms and 20 of 10 ms: p50 ~1 ms, p99 in the 10 ms group.
     let ns = |k: &str| rows["nanosleep"][k].as_u64().unwrap_or(0) as f64;
@@ -117,6 +142,44 @@ fn counts_are_exact_and_match_strace() {
         "{:?}",
         rows["nanosleep"]
     );
+}
+
+/// The counts mode on the same calls as a full-mode run beside it: calls
+/// and errors exactly as strace counts them, about 1 call in 64 timed, and
+/// the sampled getppid median close to the median of every call.
+#[test]
+fn counts_mode_is_exact_and_samples_latency() {
+    require_root();
+    let dir = TempDir::new("sys-counts-mode");
+    let (mut fx, strace_out) = fixture_under_strace(&dir);
+    let (counts_json, full_json) = (dir.join("counts.json"), dir.join("full.json"));
+    let counts = record_pid(fx.pid, "counts", &counts_json);
+    let full = record_pid(fx.pid, "full", &full_json);
+    fx.run_to_done();
+    stop(counts);
+    stop(full);
+    let fixture_pid = fx.pid;
+    assert!(fx.finish().success());
+
+    let rows = rows_for(&counts_json, fixture_pid);
+    assert_exact_counts(&rows, &strace_out);
+    let getppid = &rows["getppid"];
+    let timed = getppid["timed_calls"].as_u64().unwrap_or(0);
+    // A countdown of mean 64: 1,562 expected; the sum of ~1,560 uniform
+    // draws is within a few percent of that, 30% is generous.
+    assert!((1_100..=2_050).contains(&timed), "timed {timed}: {getppid}");
+    let full_rows = rows_for(&full_json, fixture_pid);
+    let (sampled, all) = (
+        getppid["p50_ns"].as_u64().unwrap_or(0) as f64,
+        full_rows["getppid"]["p50_ns"].as_u64().unwrap_or(0) as f64,
+    );
+    assert!(
+        all > 0.0 && (0.5..=2.0).contains(&(sampled / all)),
+        "sampled p50 {sampled} vs every call's {all}"
+    );
+    // Scaled back: the estimated total is the sampled mean times all calls.
+    let total = getppid["total_ns"].as_u64().unwrap_or(0) as f64;
+    assert!(total >= 100_000.0 * sampled * 0.5, "total {total}");
 }
 
 /// A process with 2,000 threads: every thread's calls are counted once.

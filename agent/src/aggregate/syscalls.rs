@@ -1,5 +1,12 @@
 //! Per (process, syscall) statistics: the values `record syscalls` prints
 //! and the agent daemon will export as histograms.
+//!
+//! Calls and errors are always exact. Latency comes from the *timed* calls:
+//! every call in full mode, a sample in the counts mode (about 1 in 64, see
+//! `qprof_common::syscalls::DEFAULT_SAMPLE_EVERY`). Percentiles and the
+//! maximum are those of the timed calls; `total_ns` is scaled back to all
+//! calls as `timed total x calls / timed calls` (exact when every call was
+//! timed, 0 when none was).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,9 +25,25 @@ pub struct SyscallStats {
     pub errors: u64,
     /// errno name -> count.
     pub errnos: BTreeMap<String, u64>,
-    pub total_ns: u64,
-    /// Latencies in nanoseconds.
+    /// Calls whose latency was measured (all of them in full mode).
+    pub timed_calls: u64,
+    /// Sum of the timed calls' latencies.
+    pub timed_ns: u64,
+    /// Latencies of the timed calls, in nanoseconds.
     pub latency: LogHistogram,
+}
+
+impl SyscallStats {
+    /// Total time of all calls, estimated from the timed ones.
+    #[must_use]
+    pub fn total_ns(&self) -> u64 {
+        if self.timed_calls == 0 || self.timed_calls >= self.calls {
+            return self.timed_ns;
+        }
+        let scaled =
+            u128::from(self.timed_ns) * u128::from(self.calls) / u128::from(self.timed_calls);
+        u64::try_from(scaled).unwrap_or(u64::MAX)
+    }
 }
 
 /// Every (pid, syscall number) seen in a capture.
@@ -39,6 +62,8 @@ pub struct SyscallRow {
     pub syscall: String,
     pub calls: u64,
     pub errors: BTreeMap<String, u64>,
+    /// Calls behind the latency figures (= `calls` when every call was timed).
+    pub timed_calls: u64,
     pub total_ns: u64,
     pub p50_ns: u64,
     pub p95_ns: u64,
@@ -47,7 +72,8 @@ pub struct SyscallRow {
 }
 
 impl SyscallTable {
-    /// Adds one CPU's (or one source's) counts for `(pid, nr)`.
+    /// Adds one CPU's (or one source's) statistics for `(pid, nr)` where
+    /// every call was timed (full mode).
     #[expect(
         clippy::too_many_arguments,
         reason = "one per field of the kernel's per-CPU value"
@@ -62,10 +88,30 @@ impl SyscallTable {
         max_ns: u64,
         buckets: &[u32],
     ) {
+        self.add_counts(pid, nr, calls, errors);
+        self.add_timed(pid, nr, calls, total_ns, max_ns, buckets);
+    }
+
+    /// Adds exact call and error counts (counts mode).
+    pub fn add_counts(&mut self, pid: u32, nr: u32, calls: u64, errors: u64) {
         let entry = self.entries.entry((pid, nr)).or_default();
         entry.calls += calls;
         entry.errors += errors;
-        entry.total_ns += total_ns;
+    }
+
+    /// Adds the latencies of `timed` calls (a sample in counts mode).
+    pub fn add_timed(
+        &mut self,
+        pid: u32,
+        nr: u32,
+        timed: u64,
+        total_ns: u64,
+        max_ns: u64,
+        buckets: &[u32],
+    ) {
+        let entry = self.entries.entry((pid, nr)).or_default();
+        entry.timed_calls += timed;
+        entry.timed_ns += total_ns;
         entry.latency.add_buckets(buckets);
         entry.latency.observe_max(max_ns);
     }
@@ -99,7 +145,8 @@ impl SyscallTable {
                 syscall: syscall_name(nr),
                 calls: s.calls,
                 errors: s.errnos.clone(),
-                total_ns: s.total_ns,
+                timed_calls: s.timed_calls,
+                total_ns: s.total_ns(),
                 p50_ns: s.latency.percentile(0.50),
                 p95_ns: s.latency.percentile(0.95),
                 p99_ns: s.latency.percentile(0.99),
@@ -169,9 +216,39 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "calls", "comm", "errors", "max_ns", "p50_ns", "p95_ns", "p99_ns", "pid",
-                "syscall", "total_ns"
+                "calls",
+                "comm",
+                "errors",
+                "max_ns",
+                "p50_ns",
+                "p95_ns",
+                "p99_ns",
+                "pid",
+                "syscall",
+                "timed_calls",
+                "total_ns"
             ]
         );
+    }
+
+    /// Counts mode: calls stay exact, the sampled time is scaled back to all
+    /// calls, and percentiles come from the sample alone.
+    #[test]
+    fn sampled_latency_scales_total_not_counts() {
+        let mut t = SyscallTable::default();
+        t.add_counts(3, 39, 6_400, 0);
+        t.add_timed(3, 39, 100, 100 * 250, 900, &buckets_of(&[250; 100]));
+        t.add_counts(3, 2, 10, 4);
+        t.add_errno(3, 2, 2, 4);
+        let rows = t.rows();
+        let getpid = rows.iter().find(|r| r.syscall == "getpid").expect("getpid");
+        assert_eq!((getpid.calls, getpid.timed_calls), (6_400, 100));
+        assert_eq!(getpid.total_ns, 6_400 * 250);
+        assert!((230..=270).contains(&getpid.p50_ns), "{}", getpid.p50_ns);
+        assert_eq!(getpid.max_ns, 900);
+        // Failed opens that no sample timed: exact counts, no invented time.
+        let open = rows.iter().find(|r| r.syscall == "open").expect("open");
+        assert_eq!((open.calls, open.timed_calls, open.total_ns), (10, 0, 0));
+        assert_eq!(open.errors.get("ENOENT"), Some(&4));
     }
 }

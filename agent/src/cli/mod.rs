@@ -133,6 +133,11 @@ pub struct RecordSyscallsArgs {
     /// Rows in the table (sorted by total time).
     #[arg(long, default_value_t = 20, value_parser = values::parse_top)]
     pub top: usize,
+    /// `full` times every call (latency histograms); `counts` counts every
+    /// call and error exactly but times only a sample of calls (the agent's
+    /// cheap always-on mode).
+    #[arg(long, value_enum, default_value_t = record_syscalls::Mode::Full)]
+    pub mode: record_syscalls::Mode,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! `qprof record syscalls`: per process and syscall, calls, errors by
-//! errno, total time and latency percentiles.
+//! errno, total time and latency percentiles. A thin driver over the
+//! [`SyscallTracer`] component.
 
 use anyhow::{Context as _, bail};
 
@@ -9,18 +10,38 @@ use crate::{
         names::{similar_syscalls, syscall_number},
         syscalls::SyscallRow,
     },
-    probes::syscalls::{SyscallConfig, SyscallTracer},
+    probes::{
+        component::Component as _,
+        syscalls::{SyscallConfig, SyscallMode, SyscallTracer},
+    },
 };
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Every call timed.
+    Full,
+    /// Exact counts, a sample of calls timed (the agent's default).
+    Counts,
+    /// Empty programs that record nothing: the benchmarks' floor.
+    #[value(hide = true)]
+    Floor,
+}
+
+impl From<Mode> for SyscallMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Full => Self::Full,
+            Mode::Counts => Self::default(),
+            Mode::Floor => Self::Floor,
+        }
+    }
+}
 
 pub fn run(args: &RecordSyscallsArgs) -> anyhow::Result<()> {
     let config = validate(args)?;
     let tracer = SyscallTracer::start(&config).context("starting the syscall tracer")?;
-    let ended = capture_loop::wait(args.duration, "(pid, syscall) pairs", || {
-        tracer.pairs_so_far()
-    })?;
-    let table = tracer
-        .finish()
-        .context("reading syscall statistics out of the kernel")?;
+    let (table, ended) = capture_loop::record(tracer, args.duration, "(pid, syscall) pairs")?;
     let rows = table.rows();
     match &args.json {
         Some(path) => report::write_json(path, &rows)?,
@@ -75,6 +96,7 @@ fn validate(args: &RecordSyscallsArgs) -> anyhow::Result<SyscallConfig> {
         pids: args.pids.clone(),
         comm: args.comm.clone(),
         syscalls,
+        mode: args.mode.into(),
     })
 }
 

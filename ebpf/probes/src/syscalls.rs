@@ -1,14 +1,25 @@
-//! Syscalls: on enter remember (time, nr) per thread; on exit add the
-//! latency to the (pid, nr) statistics of this CPU.
+//! Syscalls, in two modes (see `qprof_common::syscalls`):
 //!
-//! Filtering (pid, comm, syscall number) happens first on enter; a thread
-//! filtered out never gets an in-flight entry, so its exit costs one failed
-//! lookup.
+//! - **full** (`sys_enter`/`sys_exit` in main.rs): on enter remember (time,
+//!   nr) per thread in `SYS_INFLIGHT`; on exit add the latency to this
+//!   CPU's (pid, nr) statistics. Three hash lookups and two clock reads a call.
+//! - **counts** (`sys_count_enter`/`sys_count_exit` below, the agent's
+//!   always-on default): on enter one per-CPU hash lookup counts the call,
+//!   and a per-CPU countdown picks about one call in `sample_every` to time;
+//!   on exit an array lookup checks this thread's sample slot, and only a
+//!   failed call (errno) or a sampled one does more.
+//!
+//! Filtering (pid, comm, syscall number) happens first; a thread filtered out
+//! never gets an in-flight entry. Every key carries the config's generation,
+//! so that userspace can read and clear one window while the next fills.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::map,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
+    macros::{map, raw_tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
 };
@@ -16,8 +27,9 @@ use qprof_common::{
     counters::Counter,
     hist::bucket_of,
     syscalls::{
-        COMMS_CAPACITY, ERRNOS_CAPACITY, INFLIGHT_CAPACITY, INLINE_PIDS, Inflight, MAX_SYSCALL_NR,
-        STATS_CAPACITY, SysConfig, SysErrKey, SysKey, SysStats, TARGET_PIDS_CAPACITY,
+        COMMS_CAPACITY, COUNTS_CAPACITY, ERRNOS_CAPACITY, INFLIGHT_CAPACITY, INLINE_PIDS, Inflight,
+        MAX_SYSCALL_NR, SAMPLE_SLOTS, STATS_CAPACITY, SysConfig, SysCounts, SysErrKey, SysKey,
+        SysStats, TARGET_PIDS_CAPACITY,
     },
 };
 
@@ -27,12 +39,29 @@ use crate::counters::bump;
 static SYS_STATS: PerCpuHashMap<SysKey, SysStats> =
     PerCpuHashMap::with_max_entries(STATS_CAPACITY, 0);
 
+#[map(name = "SYS_COUNTS")]
+static SYS_COUNTS: PerCpuHashMap<SysKey, SysCounts> =
+    PerCpuHashMap::with_max_entries(COUNTS_CAPACITY, 0);
+
 #[map(name = "SYS_ERRNOS")]
 static SYS_ERRNOS: PerCpuHashMap<SysErrKey, u64> =
     PerCpuHashMap::with_max_entries(ERRNOS_CAPACITY, 0);
 
 #[map(name = "SYS_INFLIGHT")]
 static SYS_INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(INFLIGHT_CAPACITY, 0);
+
+#[map(name = "SYS_SAMPLE_SLOTS")]
+static SYS_SAMPLE_SLOTS: Array<Inflight> = Array::with_max_entries(SAMPLE_SLOTS, 0);
+
+/// Per CPU: calls left before the next timed one (counts mode).
+#[map(name = "SYS_SAMPLE_TICK")]
+static SYS_SAMPLE_TICK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU: samples dropped because their slot held another thread's
+/// (`syscall_sample_slot_busy`). Kept here rather than in the shared
+/// `DROP_COUNTERS` so that the counts mode touches only its own maps.
+#[map(name = "SYS_SAMPLE_LOST")]
+static SYS_SAMPLE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SYS_COMMS")]
 static SYS_COMMS: LruHashMap<u32, [u8; 16]> = LruHashMap::with_max_entries(COMMS_CAPACITY, 0);
@@ -61,15 +90,237 @@ fn now_ns() -> u64 {
 /// Largest errno the kernel returns (`MAX_ERRNO`).
 const MAX_ERRNO: i64 = 4095;
 
+/// The errno of a syscall's return value, 0 for success.
 #[inline(always)]
-pub fn on_enter(ctx: &RawTracePointContext) {
+fn errno_of(ret: i64) -> u32 {
+    if (-MAX_ERRNO..0).contains(&ret) {
+        (-ret) as u32
+    } else {
+        0
+    }
+}
+
+/// The active config, or `None` while the programs are inert.
+#[inline(always)]
+fn config() -> Option<&'static SysConfig> {
+    SYS_CONFIG.get(0).filter(|c| c.active != 0)
+}
+
+/// Raw tracepoint `sys_enter`, counts mode: (regs, syscall id).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_count_enter(ctx: RawTracePointContext) -> i32 {
+    count_enter(&ctx);
+    0
+}
+
+/// Raw tracepoint `sys_exit`, counts mode: (regs, return value).
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_count_exit(ctx: RawTracePointContext) -> i32 {
+    count_exit(&ctx);
+    0
+}
+
+/// The benchmark's floor: an empty program on `sys_enter`, which is what any
+/// program on this tracepoint costs (the kernel's slow syscall path plus
+/// one BPF call).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_floor_enter(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// The floor's `sys_exit` half.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_floor_exit(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[inline(always)]
+fn count_enter(ctx: &RawTracePointContext) {
+    let Some(config) = config() else {
+        return;
+    };
     let nr: i64 = ctx.arg(1);
     if nr < 0 || nr >= i64::from(MAX_SYSCALL_NR) {
         return;
     }
     let nr = nr as u32;
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !wanted((pid_tgid >> 32) as u32, nr) {
+    let pid = (pid_tgid >> 32) as u32;
+    if !wanted(config, pid, nr) {
+        return;
+    }
+    let key = SysKey {
+        pid,
+        nr: nr as u16,
+        generation: config.generation as u16,
+    };
+    if let Some(counts) = counts_slot(&key) {
+        // SAFETY: this CPU's slot of a live map value; BPF programs on one
+        // CPU do not preempt each other.
+        unsafe { (*counts).calls += 1 };
+    }
+    let Some(tick) = SYS_SAMPLE_TICK.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; no preemption.
+    let left = unsafe { &mut *tick };
+    if *left > 1 {
+        *left -= 1;
+        return;
+    }
+    // A uniform countdown in [1, 2n-1]: mean n, and no lockstep with a
+    // program that cycles through a fixed sequence of syscalls.
+    let every = config.sample_every.max(1);
+    // SAFETY: bpf_get_prandom_u32 takes no arguments and cannot fail.
+    *left = 1 + unsafe { bpf_get_prandom_u32() } % (2 * every - 1);
+    if nr != NR_EXIT && nr != NR_EXIT_GROUP {
+        start_sample(pid_tgid as u32, nr);
+    }
+}
+
+/// `exit` and `exit_group` (`x86_64`) never return: a sample of one would
+/// hold its slot until [`SLOT_STALE_NS`].
+const NR_EXIT: u32 = 60;
+const NR_EXIT_GROUP: u32 = 231;
+
+/// A sample slot held this long by another thread is taken over: its owner
+/// died inside the call (a kill, an `execve` that changed its tid), or is in
+/// a very long wait whose one sample is then given up.
+const SLOT_STALE_NS: u64 = 10_000_000_000;
+
+/// Claims this thread's sample slot for the call now entering.
+#[inline(always)]
+fn start_sample(tid: u32, nr: u32) {
+    let Some(slot) = SYS_SAMPLE_SLOTS.get_ptr_mut(tid % SAMPLE_SLOTS) else {
+        return;
+    };
+    // SAFETY: a live array value; a slot is written by the thread whose
+    // tid it holds (or claims it when free), and a thread's enter and exit
+    // never overlap. Two threads racing for a free slot is harmless: the
+    // exit checks the tid, and the loser's sample is simply not taken.
+    unsafe {
+        let now = now_ns();
+        let busy = (*slot).start_ns != 0 && (*slot).tid != tid;
+        if busy && now.saturating_sub((*slot).start_ns) < SLOT_STALE_NS {
+            if let Some(lost) = SYS_SAMPLE_LOST.get_ptr_mut(0) {
+                *lost += 1;
+            }
+            return;
+        }
+        (*slot).tid = tid;
+        (*slot).nr = nr;
+        (*slot).start_ns = now;
+    }
+}
+
+#[inline(always)]
+fn count_exit(ctx: &RawTracePointContext) {
+    let Some(config) = config() else {
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let pid = (pid_tgid >> 32) as u32;
+    let ret: i64 = ctx.arg(1);
+    let errno = errno_of(ret);
+    if errno != 0 {
+        count_error(ctx, config, pid, errno);
+    }
+    let Some(slot) = SYS_SAMPLE_SLOTS.get_ptr_mut(tid % SAMPLE_SLOTS) else {
+        return;
+    };
+    // SAFETY: a live array value; see start_sample.
+    let sample = unsafe {
+        if (*slot).start_ns == 0 || (*slot).tid != tid {
+            return;
+        }
+        let copy = *slot;
+        (*slot).start_ns = 0;
+        copy
+    };
+    let key = SysKey {
+        pid,
+        nr: sample.nr as u16,
+        generation: config.generation as u16,
+    };
+    add_latency(&key, now_ns().saturating_sub(sample.start_ns), false);
+}
+
+/// Offset of `orig_ax` (the syscall number) in `x86_64`'s `struct pt_regs`:
+/// fifteen 8-byte registers precede it. Read only for failed calls.
+const PT_REGS_ORIG_AX: usize = 15;
+
+/// A failed call (counts mode): the exit knows only the return value, so the
+/// syscall number comes from the registers the tracepoint passes.
+#[inline(always)]
+fn count_error(ctx: &RawTracePointContext, config: &SysConfig, pid: u32, errno: u32) {
+    let regs: *const u64 = ctx.arg(0);
+    // SAFETY: `regs` is the tracepoint's `struct pt_regs *`; the read is
+    // checked by the helper and fails cleanly on a bad address.
+    let Ok(nr) = (unsafe { bpf_probe_read_kernel(regs.wrapping_add(PT_REGS_ORIG_AX)) }) else {
+        return;
+    };
+    if nr >= u64::from(MAX_SYSCALL_NR) || !wanted(config, pid, nr as u32) {
+        return;
+    }
+    let key = SysKey {
+        pid,
+        nr: nr as u16,
+        generation: config.generation as u16,
+    };
+    if let Some(counts) = counts_slot(&key) {
+        // SAFETY: as in count_enter.
+        unsafe { (*counts).errors += 1 };
+    }
+    count_errno(SysErrKey {
+        pid,
+        nr: key.nr,
+        generation: key.generation,
+        errno,
+        pad: 0,
+    });
+}
+
+/// This CPU's counts for `key`, creating the entry (and remembering the
+/// process name, for processes that exit before the window is read).
+#[inline(always)]
+fn counts_slot(key: &SysKey) -> Option<*mut SysCounts> {
+    if let Some(ptr) = SYS_COUNTS.get_ptr_mut(key) {
+        return Some(ptr);
+    }
+    let zero = SysCounts::default();
+    if SYS_COUNTS
+        .insert(key, &zero, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        remember_comm(key.pid);
+    }
+    let ptr = SYS_COUNTS.get_ptr_mut(key);
+    if ptr.is_none() {
+        bump(Counter::SyscallMapFull);
+    }
+    ptr
+}
+
+#[inline(always)]
+fn remember_comm(pid: u32) {
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let _ = SYS_COMMS.insert(pid, comm, 0);
+}
+
+/// Full mode, `sys_enter`.
+#[inline(always)]
+pub fn on_enter(ctx: &RawTracePointContext) {
+    let Some(config) = config() else {
+        return;
+    };
+    let nr: i64 = ctx.arg(1);
+    if nr < 0 || nr >= i64::from(MAX_SYSCALL_NR) {
+        return;
+    }
+    let nr = nr as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !wanted(config, (pid_tgid >> 32) as u32, nr) {
         return;
     }
     let tid = pid_tgid as u32;
@@ -87,7 +338,7 @@ pub fn on_enter(ctx: &RawTracePointContext) {
     let inflight = Inflight {
         start_ns: now_ns(),
         nr,
-        pad: 0,
+        tid,
     };
     if SYS_INFLIGHT.insert(tid, inflight, 0).is_err() {
         bump(Counter::SyscallInflightFull);
@@ -117,10 +368,7 @@ fn pid_wanted(config: &SysConfig, pid: u32) -> bool {
 }
 
 #[inline(always)]
-fn wanted(pid: u32, nr: u32) -> bool {
-    let Some(config) = SYS_CONFIG.get(0) else {
-        return true;
-    };
+fn wanted(config: &SysConfig, pid: u32, nr: u32) -> bool {
     if !pid_wanted(config, pid) {
         return false;
     }
@@ -136,12 +384,14 @@ fn wanted(pid: u32, nr: u32) -> bool {
     true
 }
 
+/// Full mode, `sys_exit`.
 #[inline(always)]
 pub fn on_exit(ctx: &RawTracePointContext) {
+    let Some(config) = config() else {
+        return;
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(config) = SYS_CONFIG.get(0)
-        && !pid_wanted(config, (pid_tgid >> 32) as u32)
-    {
+    if !pid_wanted(config, (pid_tgid >> 32) as u32) {
         return;
     }
     let now = now_ns();
@@ -162,15 +412,26 @@ pub fn on_exit(ctx: &RawTracePointContext) {
     let ret: i64 = ctx.arg(1);
     let key = SysKey {
         pid: (pid_tgid >> 32) as u32,
-        nr: inflight.nr,
+        nr: inflight.nr as u16,
+        generation: config.generation as u16,
     };
-    let latency = now.saturating_sub(inflight.start_ns);
-    let errno = if (-MAX_ERRNO..0).contains(&ret) {
-        (-ret) as u32
-    } else {
-        0
-    };
-    let Some(stats) = stats_slot(&key) else {
+    let errno = errno_of(ret);
+    add_latency(&key, now.saturating_sub(inflight.start_ns), errno != 0);
+    if errno != 0 {
+        count_errno(SysErrKey {
+            pid: key.pid,
+            nr: key.nr,
+            generation: key.generation,
+            errno,
+            pad: 0,
+        });
+    }
+}
+
+/// Adds one timed call to this CPU's statistics for `key`.
+#[inline(always)]
+fn add_latency(key: &SysKey, latency: u64, failed: bool) {
+    let Some(stats) = stats_slot(key) else {
         return;
     };
     // SAFETY: `stats` points at this CPU's slot of a live map value, and BPF
@@ -187,14 +448,8 @@ pub fn on_exit(ctx: &RawTracePointContext) {
     if let Some(bucket) = stats.buckets.get_mut(index) {
         *bucket += 1;
     }
-    if errno != 0 {
+    if failed {
         stats.errors += 1;
-        count_errno(SysErrKey {
-            pid: key.pid,
-            nr: key.nr,
-            errno,
-            pad: 0,
-        });
     }
 }
 
@@ -209,8 +464,7 @@ fn stats_slot(key: &SysKey) -> Option<*mut SysStats> {
     // SAFETY: `zero` is a live, never-written map value of the right type.
     let zero = unsafe { &*zero };
     if SYS_STATS.insert(key, zero, u64::from(BPF_NOEXIST)).is_ok() {
-        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        let _ = SYS_COMMS.insert(key.pid, comm, 0);
+        remember_comm(key.pid);
     }
     let ptr = SYS_STATS.get_ptr_mut(key);
     if ptr.is_none() {
