@@ -12,10 +12,25 @@ pub enum ProfileError {
     /// The input looked like gzip (magic `1f 8b`) but could not be inflated.
     #[error("not a valid gzip stream: {0}")]
     Gzip(#[source] std::io::Error),
-    /// Inflating the input exceeded [`crate::pprof::MAX_DECOMPRESSED_BYTES`];
-    /// refused so a gzip bomb cannot exhaust memory.
-    #[error("decompressed profile is larger than {limit} bytes; refusing to load it")]
+    /// Inflating the input exceeded its cap (by default
+    /// [`crate::pprof::MAX_DECOMPRESSED_BYTES`]); refused so a gzip bomb
+    /// cannot exhaust memory.
+    #[error(
+        "decompressed profile is larger than {}, the cap on inflated pprof data; refusing to load it (a gzip bomb, or not a profile)",
+        mib(*limit)
+    )]
     TooLarge {
+        /// The limit that was exceeded, in bytes.
+        limit: u64,
+    },
+    /// The decoded profile would exceed its cap on copied frames and strings
+    /// (by default [`crate::pprof::MAX_MODEL_BYTES`]): samples that share
+    /// huge stacks by id.
+    #[error(
+        "decoded profile would hold more than {} of stack frames, the cap on a decoded profile; refusing to load it",
+        mib(*limit)
+    )]
+    ModelTooLarge {
         /// The limit that was exceeded, in bytes.
         limit: u64,
     },
@@ -33,4 +48,14 @@ pub enum ProfileError {
     /// A flame graph could not be produced.
     #[error("cannot render flame graph: {0}")]
     Render(String),
+}
+
+/// `256 MiB (268435456 bytes)`, or just bytes when the limit is not a
+/// whole number of MiB.
+fn mib(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB ({bytes} bytes)", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
 }

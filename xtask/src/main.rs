@@ -35,13 +35,16 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, install the test dependencies, run every test (unit and
-    /// privileged end-to-end).
+    /// Set up, lint (rustfmt, clippy -D warnings), install the test
+    /// dependencies, run every test (unit and privileged end-to-end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check formatting (`cargo fmt --check`) and clippy (`-D warnings`),
+    /// as `test` does before the tests.
+    Lint,
     /// Run a benchmark against its peer and print the ratios.
     Bench {
         #[command(subcommand)]
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Run { args } => run::run(&args),
         Command::Test { args } => test::run(&args),
+        Command::Lint => test::lint(),
         Command::Bench { which } => bench::run(&which),
     };
     match result {

@@ -1,8 +1,9 @@
-//! `cargo xtask test`: set-up, test dependencies, then every test.
+//! `cargo xtask test`: set-up, lint (rustfmt and clippy), test
+//! dependencies, then every test. `cargo xtask lint` runs the lint alone.
 
 use std::process::{Command, ExitCode};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use crate::{
     setup,
@@ -34,6 +35,7 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     }
     setup::ensure_build_tools()?;
     setup::check_kernel();
+    lint_checks()?;
     install_test_packages()?;
     let qprof = util::build_qprof()?;
     let root = util::workspace_root();
@@ -45,6 +47,45 @@ pub fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         .env("QPROF_BIN", &qprof);
     run_cmd(&mut cmd)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cargo xtask lint`: the house style as CI enforces it, without the tests.
+pub fn lint() -> anyhow::Result<ExitCode> {
+    // clippy builds the agent, whose build script builds the BPF programs.
+    setup::ensure_build_tools()?;
+    lint_checks()?;
+    eprintln!("lint: rustfmt and clippy are clean");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// rustfmt (check only, naming the files that differ) then clippy with
+/// every warning an error, on the default members: the BPF crate builds
+/// for bpfel-unknown-none only and is linted through the agent's build.
+fn lint_checks() -> anyhow::Result<()> {
+    let root = util::workspace_root();
+    eprintln!("lint: cargo fmt --all --check");
+    let fmt = Command::new(util::cargo())
+        .current_dir(&root)
+        .args(["fmt", "--all", "--check", "--", "--files-with-diff"])
+        .status()
+        .context("starting cargo fmt (rustup component add rustfmt)")?;
+    if !fmt.success() {
+        bail!(
+            "the files listed above are not formatted as rustfmt.toml says: run `cargo fmt --all` and commit the result"
+        );
+    }
+    eprintln!("lint: cargo clippy --all-targets -- -D warnings");
+    let clippy = Command::new(util::cargo())
+        .current_dir(&root)
+        .args(["clippy", "--all-targets", "--", "-D", "warnings"])
+        .status()
+        .context("starting cargo clippy (rustup component add clippy)")?;
+    if !clippy.success() {
+        bail!(
+            "clippy found the problems above (pedantic is on; every allowed lint needs a reason): fix them, or run `cargo xtask lint` to see them alone"
+        );
+    }
+    Ok(())
 }
 
 /// apt-get only what is missing; nothing at all when everything is there.

@@ -16,6 +16,9 @@ mod record_tcp;
 mod report;
 pub mod values;
 
+#[cfg(test)]
+mod tests;
+
 pub use record_memory::RecordMemoryArgs;
 
 use std::{path::PathBuf, time::Duration};

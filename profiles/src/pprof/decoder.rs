@@ -16,15 +16,36 @@ fn invalid(msg: String) -> ProfileError {
     ProfileError::Invalid(msg)
 }
 
-/// [`super::decode`] with a configurable inflate limit, so tests can exercise
-/// the gzip-bomb guard without producing a gigabyte.
-pub(super) fn decode_with_limit(bytes: &[u8], limit: u64) -> Result<Profile, ProfileError> {
+/// Caps applied while decoding, so that a small hostile file cannot make the
+/// decoder allocate without bound (see [`super::MAX_DECOMPRESSED_BYTES`] and
+/// [`super::MAX_MODEL_BYTES`] for the numbers and why).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// Most bytes a gzip stream may inflate to.
+    pub inflated: u64,
+    /// Most bytes (estimated) the decoded model may hold in frames and
+    /// strings copied out of shared tables.
+    pub model: u64,
+}
+
+/// Inflated bytes kept while inflating in one pass. A stream that ends
+/// within this is decoded from that buffer (nearly every real profile: a
+/// 60 s qprof window is well under 16 MiB). A longer stream is *counted* to
+/// the cap without being kept, then inflated again into an exact-size
+/// buffer: a gzip bomb is refused having held at most this much (24 MiB
+/// for a moment while the buffer last grows). The second inflate costs
+/// CPU only for streams over 16 MiB.
+const ONE_PASS_BYTES: u64 = 16 << 20;
+
+/// [`super::decode`] with configurable caps, so tests can exercise the
+/// guards without producing gigabytes.
+pub(super) fn decode_with_limits(bytes: &[u8], limits: Limits) -> Result<Profile, ProfileError> {
     if bytes.is_empty() {
         return Err(ProfileError::Empty);
     }
     let inflated;
     let raw = if bytes.starts_with(&GZIP_MAGIC) {
-        inflated = gunzip(bytes, limit)?;
+        inflated = gunzip(bytes, limits.inflated)?;
         if inflated.is_empty() {
             return Err(ProfileError::Empty);
         }
@@ -32,21 +53,100 @@ pub(super) fn decode_with_limit(bytes: &[u8], limit: u64) -> Result<Profile, Pro
     } else {
         bytes
     };
-    from_proto(proto::Profile::decode(raw)?)
+    from_proto(proto::Profile::decode(raw)?, limits.model)
 }
 
 /// Inflates all gzip members (like Go's reader, which pprof uses) but never
-/// more than `limit` bytes.
+/// more than `limit` bytes, holding at most `min(limit, ONE_PASS_BYTES)`
+/// bytes for a stream that turns out to be longer than `limit`.
 fn gunzip(bytes: &[u8], limit: u64) -> Result<Vec<u8>, ProfileError> {
-    let mut out = Vec::new();
-    MultiGzDecoder::new(bytes)
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(ProfileError::Gzip)?;
-    if out.len() as u64 > limit {
+    let mut decoder = MultiGzDecoder::new(bytes);
+    let out = read_capped(&mut decoder, limit.min(ONE_PASS_BYTES))?;
+    if read_one(&mut decoder)? == 0 {
+        return Ok(out);
+    }
+    // Longer than one pass keeps: let the buffer go and count the rest.
+    let kept = out.len() as u64 + 1;
+    drop(out);
+    let rest = std::io::copy(
+        &mut decoder.take((limit + 1).saturating_sub(kept)),
+        &mut std::io::sink(),
+    )
+    .map_err(ProfileError::Gzip)?;
+    let total = kept + rest;
+    if total > limit {
         return Err(ProfileError::TooLarge { limit });
     }
+    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    MultiGzDecoder::new(bytes)
+        .take(total)
+        .read_to_end(&mut out)
+        .map_err(ProfileError::Gzip)?;
     Ok(out)
+}
+
+/// Reads up to `cap` bytes into a buffer that grows by doubling but never
+/// past `cap` (`read_to_end` would double past it: 32 MiB of capacity, and
+/// 48 MiB live while it reallocates, for 16 MiB of data).
+fn read_capped(reader: &mut impl Read, cap: u64) -> Result<Vec<u8>, ProfileError> {
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    let mut out: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    while out.len() < cap {
+        let want = chunk.len().min(cap - out.len());
+        let n = match reader.read(&mut chunk[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ProfileError::Gzip(e)),
+        };
+        if out.capacity() - out.len() < n {
+            let grown = (out.capacity() * 2).max(chunk.len()).min(cap);
+            out.reserve_exact(grown - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    Ok(out)
+}
+
+/// Reads at most one byte: 0 at the end of the stream, 1 when there is more.
+fn read_one(reader: &mut impl Read) -> Result<usize, ProfileError> {
+    let mut byte = [0u8; 1];
+    loop {
+        match reader.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other.map_err(ProfileError::Gzip),
+        }
+    }
+}
+
+/// Running total of model bytes against [`Limits::model`]. Each sample's
+/// stack is a copy of its locations (with their function names), so a few
+/// bytes of ids can stand for megabytes of frames; the cost is checked
+/// before anything is copied.
+struct Budget {
+    used: u64,
+    limit: u64,
+}
+
+impl Budget {
+    fn spend(&mut self, bytes: u64) -> Result<(), ProfileError> {
+        self.used = self.used.saturating_add(bytes);
+        if self.used > self.limit {
+            return Err(ProfileError::ModelTooLarge { limit: self.limit });
+        }
+        Ok(())
+    }
+}
+
+/// Estimated heap and inline bytes of one copy of `location`.
+fn location_cost(location: &Location) -> u64 {
+    let lines: usize = location
+        .lines
+        .iter()
+        .map(|l| size_of::<Line>() + l.function.len() + l.system_name.len() + l.file.len())
+        .sum();
+    (size_of::<Location>() + lines) as u64
 }
 
 /// Bounds-checked access to the string table with errors that say who held
@@ -88,7 +188,11 @@ struct Function<'s> {
     file: &'s str,
 }
 
-fn from_proto(pb: proto::Profile) -> Result<Profile, ProfileError> {
+fn from_proto(pb: proto::Profile, model_limit: u64) -> Result<Profile, ProfileError> {
+    let mut budget = Budget {
+        used: 0,
+        limit: model_limit,
+    };
     let strings = Strings(
         pb.string_table
             .into_iter()
@@ -142,12 +246,12 @@ fn from_proto(pb: proto::Profile) -> Result<Profile, ProfileError> {
 
     let (mappings, mapping_index) = mappings(&pb.mapping, s)?;
     let functions = functions(&pb.function, s)?;
-    let locations = locations(&pb.location, &mapping_index, &functions)?;
+    let locations = locations(&pb.location, &mapping_index, &functions, &mut budget)?;
     let samples = pb
         .sample
         .iter()
         .enumerate()
-        .map(|(i, sample)| self::sample(i, sample, sample_types.len(), &locations, s))
+        .map(|(i, sample)| self::sample(i, sample, sample_types.len(), &locations, s, &mut budget))
         .collect::<Result<Vec<_>, _>>()?;
 
     Ok(Profile {
@@ -227,7 +331,8 @@ fn locations(
     pb: &[proto::Location],
     mapping_index: &HashMap<u64, usize>,
     functions: &HashMap<u64, Function<'_>>,
-) -> Result<HashMap<u64, Location>, ProfileError> {
+    budget: &mut Budget,
+) -> Result<HashMap<u64, (Location, u64)>, ProfileError> {
     let mut out = HashMap::with_capacity(pb.len());
     for (i, l) in pb.iter().enumerate() {
         let mapping = match l.mapping_id {
@@ -239,22 +344,30 @@ fn locations(
                 ))
             })?),
         };
+        // Each line copies its function's strings: charge them first.
+        budget.spend(
+            l.line
+                .iter()
+                .filter_map(|line| functions.get(&line.function_id))
+                .map(|f| {
+                    (size_of::<Line>() + f.name.len() + f.system_name.len() + f.file.len()) as u64
+                })
+                .sum(),
+        )?;
         let lines = l
             .line
             .iter()
             .map(|line| line_of(l.id, line, functions))
             .collect::<Result<Vec<_>, _>>()?;
-        check_id(
-            &mut out,
-            "location",
-            i,
-            l.id,
-            Location {
+        check_id(&mut out, "location", i, l.id, {
+            let location = Location {
                 address: l.address,
                 mapping,
                 lines,
-            },
-        )?;
+            };
+            let cost = location_cost(&location);
+            (location, cost)
+        })?;
     }
     Ok(out)
 }
@@ -290,8 +403,9 @@ fn sample(
     index: usize,
     pb: &proto::Sample,
     type_count: usize,
-    locations: &HashMap<u64, Location>,
+    locations: &HashMap<u64, (Location, u64)>,
     s: &Strings,
+    budget: &mut Budget,
 ) -> Result<Sample, ProfileError> {
     if pb.value.len() != type_count {
         return Err(invalid(format!(
@@ -299,17 +413,19 @@ fn sample(
             pb.value.len()
         )));
     }
-    let stack = pb
+    let frames = pb
         .location_id
         .iter()
         .map(|id| {
-            locations.get(id).cloned().ok_or_else(|| {
+            locations.get(id).ok_or_else(|| {
                 invalid(format!(
                     "sample #{index} references unknown location id {id}"
                 ))
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    budget.spend(frames.iter().map(|(_, cost)| cost).sum())?;
+    let stack = frames.into_iter().map(|(l, _)| l.clone()).collect();
     let labels = pb
         .label
         .iter()
@@ -346,13 +462,20 @@ mod tests {
             ..Profile::default()
         };
         let gz = encode_gzip(&p).unwrap();
-        let err = decode_with_limit(&gz, 1_000).unwrap_err();
+        let limits = |inflated| Limits {
+            inflated,
+            model: u64::MAX,
+        };
+        let err = decode_with_limits(&gz, limits(1_000)).unwrap_err();
         assert!(
             matches!(err, ProfileError::TooLarge { limit: 1_000 }),
             "{err}"
         );
-        assert!(err.to_string().contains("larger than 1000 bytes"), "{err}");
-        assert_eq!(decode_with_limit(&gz, 100_000).unwrap(), p);
+        assert!(
+            err.to_string().contains("larger than 1000 bytes, the cap"),
+            "{err}"
+        );
+        assert_eq!(decode_with_limits(&gz, limits(100_000)).unwrap(), p);
     }
 
     /// Guards that a location id of 0 in a sample is reported, not looked up silently.
@@ -366,7 +489,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let err = from_proto(pb).unwrap_err().to_string();
+        let err = from_proto(pb, u64::MAX).unwrap_err().to_string();
         assert!(err.contains("unknown location id 0"), "{err}");
     }
 
@@ -379,7 +502,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            from_proto(pb).unwrap().comments,
+            from_proto(pb, u64::MAX).unwrap().comments,
             vec!["caf\u{fffd}".to_string()]
         );
     }
