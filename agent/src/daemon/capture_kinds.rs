@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
@@ -12,12 +11,12 @@ use super::{
 };
 use crate::{
     aggregate::stacks::StackCounts,
-    export::store::CaptureMeta,
+    export::{profile, store::CaptureMeta},
     probes::{
         component::CaptureKind,
         cpu::{CpuConfig, CpuSampler},
         process_maps::ProcessMaps,
-        syscalls::{SyscallConfig, SyscallTracer},
+        syscalls::{SyscallConfig, SyscallMode, SyscallTracer},
         tcp::{TcpOptions, TcpTracer},
     },
     symbolize::{ProfileShape, Symbolizer},
@@ -38,6 +37,7 @@ pub fn run(
                 hz,
                 pids: req.pids.clone(),
                 by_query: false,
+                include_idle: false,
             };
             let cap = record::<CpuSampler>(shared, &config, duration)?;
             meta.counts.push(("samples".into(), cap.total_samples));
@@ -58,6 +58,7 @@ pub fn run(
         CaptureKind::Syscalls => {
             let config = SyscallConfig {
                 pids: req.pids.clone(),
+                mode: SyscallMode::Full,
                 ..SyscallConfig::default()
             };
             let table = record::<SyscallTracer>(shared, &config, duration)?;
@@ -122,8 +123,8 @@ fn write_profile(
         time_nanos: meta.started_unix_ms as i64 * 1_000_000,
         duration_nanos: (meta.duration_s * 1e9) as i64,
     };
-    let profile = Symbolizer::new().build_profile(stacks, maps, &shape);
-    let pprof = profiles::pprof::encode_gzip(&profile).context("encoding pprof")?;
+    let profile = profile::build(&mut Symbolizer::new(), stacks, maps, &shape);
+    let pprof = profile::pprof_gzip(&profile)?;
     let name = format!("{what}.pb.gz");
     shared.store.write_capture_file(&meta.id, &name, &pprof)?;
     meta.files.push(name);

@@ -17,7 +17,10 @@ use super::{
     supervise::{self, WindowSpan},
 };
 use crate::{
-    export::store::StoreError,
+    export::{
+        profile::{self, value_type},
+        store::StoreError,
+    },
     probes::{
         cpu::{CpuCapture, CpuConfig, CpuSampler},
         syscalls::{SyscallConfig, SyscallTracer},
@@ -75,6 +78,7 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             hz: c.cpu_hz,
             pids: Vec::new(),
             by_query: false,
+            include_idle: c.include_idle,
         };
         let symbolizer = Mutex::new(Symbolizer::new());
         let hz = c.cpu_hz;
@@ -87,8 +91,8 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
                 let result = symbolizer
                     .lock()
                     .map_err(|_| "symbolizer poisoned".to_owned())
-                    .and_then(|sym| {
-                        cpu_window(s, &sym, &snap, span, hz).map_err(|e| e.to_string())
+                    .and_then(|mut sym| {
+                        cpu_window(s, &mut sym, &snap, span, hz).map_err(|e| e.to_string())
                     });
                 count_write(s, result, "cpu");
             },
@@ -153,26 +157,22 @@ fn write_json<T: Serialize>(
 /// keeps it in memory, and applies retention.
 fn cpu_window(
     shared: &Shared,
-    symbolizer: &Symbolizer,
+    symbolizer: &mut Symbolizer,
     capture: &CpuCapture,
     span: WindowSpan,
     hz: u64,
 ) -> Result<(), StoreError> {
-    let period = 1_000_000_000 / hz.max(1) as i64;
     let shape = ProfileShape {
-        sample_types: vec![
-            profiles::ValueType::new("samples", "count"),
-            profiles::ValueType::new("cpu", "nanoseconds"),
-        ],
-        period_type: profiles::ValueType::new("cpu", "nanoseconds"),
-        period,
+        sample_types: vec![value_type("samples", "count"), value_type("cpu", "nanoseconds")],
+        period_type: value_type("cpu", "nanoseconds"),
+        period: 1_000_000_000 / hz.max(1) as i64,
         time_nanos: span.start_ms as i64 * 1_000_000,
         duration_nanos: (span.end_ms.saturating_sub(span.start_ms)) as i64 * 1_000_000,
     };
-    let profile = symbolizer.build_profile(&capture.stacks, &capture.maps, &shape);
-    let bytes = profiles::pprof::encode_gzip(&profile).map_err(|e| StoreError::Dir {
-        path: "pprof".into(),
-        source: std::io::Error::other(e.to_string()),
+    let profile = profile::build(symbolizer, &capture.stacks, &capture.maps, &shape);
+    let bytes = profile::pprof_gzip(&profile).map_err(|e| StoreError::Json {
+        what: "pprof",
+        source: serde_json::Error::io(std::io::Error::other(e.to_string())),
     })?;
     shared
         .store
