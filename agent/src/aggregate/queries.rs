@@ -144,6 +144,28 @@ pub struct QueryRow {
     pub pids: Vec<u32>,
 }
 
+impl AsRef<QueryRow> for QueryRow {
+    fn as_ref(&self) -> &QueryRow {
+        self
+    }
+}
+
+/// A row as `record queries --json` writes it: the statement, plus one
+/// text as captured (literals included) only when raw queries were opted in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryReportRow {
+    #[serde(flatten)]
+    pub row: QueryRow,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_example: Option<String>,
+}
+
+impl AsRef<QueryRow> for QueryReportRow {
+    fn as_ref(&self) -> &QueryRow {
+        &self.row
+    }
+}
+
 type Key = (Db, u64);
 
 /// Statements by (db, fingerprint id), at most `capacity` of them. When
@@ -254,10 +276,30 @@ impl QueryTable {
         self.evicted_calls
     }
 
+    /// Every statement with its raw example from `examples` (fingerprint
+    /// id -> text, empty unless raw queries were opted in), in [`Self::rows`] order.
+    #[must_use]
+    pub fn report_rows(&self, examples: &HashMap<u64, String>) -> Vec<QueryReportRow> {
+        self.sorted()
+            .into_iter()
+            .map(|(&(db, id), s)| QueryReportRow {
+                row: s.row(db, id),
+                raw_example: examples.get(&id).cloned(),
+            })
+            .collect()
+    }
+
     /// Every statement, by total time descending (then calls, then id, so
     /// the order is deterministic).
     #[must_use]
     pub fn rows(&self) -> Vec<QueryRow> {
+        self.sorted()
+            .into_iter()
+            .map(|(&(db, id), s)| s.row(db, id))
+            .collect()
+    }
+
+    fn sorted(&self) -> Vec<(&Key, &QueryStats)> {
         let mut keyed: Vec<(&Key, &QueryStats)> = self.entries.iter().collect();
         keyed.sort_by(|(ka, a), (kb, b)| {
             b.total_ns
@@ -266,9 +308,6 @@ impl QueryTable {
                 .then(ka.cmp(kb))
         });
         keyed
-            .into_iter()
-            .map(|(&(db, id), s)| s.row(db, id))
-            .collect()
     }
 }
 

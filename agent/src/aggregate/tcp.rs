@@ -10,12 +10,12 @@ use std::{
 };
 
 use qprof_common::hist::BUCKETS;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::histogram::LogHistogram;
 
 /// Who opened the connections of a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// This process connected (its local port is ephemeral, shown as `*`).
@@ -150,7 +150,7 @@ pub struct TcpTable {
 }
 
 /// One row of the report; the JSON field names are a public interface.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TcpRow {
     pub pid: u32,
     pub comm: String,
@@ -160,7 +160,7 @@ pub struct TcpRow {
     pub connects: u64,
     pub failed_connects: u64,
     /// The state failed connects died in -> count.
-    pub failed_states: BTreeMap<&'static str, u64>,
+    pub failed_states: BTreeMap<String, u64>,
     pub connect_p50_us: Option<f64>,
     pub connect_p99_us: Option<f64>,
     pub rtt_p50_us: Option<u64>,
@@ -254,7 +254,7 @@ fn row(peer: &Peer, s: &PeerStats) -> TcpRow {
         ("SYN_RECV", c.failed_syn_recv),
     ] {
         if n > 0 {
-            failed_states.insert(state, n);
+            failed_states.insert(state.to_owned(), n);
         }
     }
     TcpRow {

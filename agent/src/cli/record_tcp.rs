@@ -10,29 +10,16 @@ use super::{RecordTcpArgs, capture_loop, report};
 use crate::{
     aggregate::tcp::{Direction, TcpRow},
     probes::{
+        component::Component as _,
         preflight,
         tcp::{TcpOptions, TcpTracer},
     },
 };
 
-/// Progress walks the tracked-socket keys, one syscall each: once a second
-/// is plenty for a number people glance at.
-const PROGRESS_EVERY_POLLS: u32 = 10;
-
 pub fn run(args: &RecordTcpArgs) -> anyhow::Result<()> {
     let options = validate(args)?;
     let tracer = TcpTracer::start(&options).context("starting the TCP tracer")?;
-    let (mut polls, mut shown) = (0u32, 0u64);
-    let ended = capture_loop::wait(args.duration, "connections tracked", || {
-        if polls % PROGRESS_EVERY_POLLS == 0 {
-            shown = tracer.tracked_connections();
-        }
-        polls += 1;
-        shown
-    })?;
-    let table = tracer
-        .finish()
-        .context("reading TCP statistics out of the kernel")?;
+    let (table, ended) = capture_loop::record(tracer, args.duration, "connections tracked")?;
     let rows = table.rows();
     match &args.json {
         Some(path) => report::write_json(path, &rows)?,
@@ -92,8 +79,9 @@ fn latency_us(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |us| report::human_ns((us * 1e3) as u64))
 }
 
-/// The table: one line per (process, direction, local, remote).
-fn render(rows: &[TcpRow]) -> String {
+/// The `record tcp` table: one line per (process, direction, local,
+/// remote). `qprof top` prints the agent's rows with it.
+pub(crate) fn render(rows: &[TcpRow]) -> String {
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {

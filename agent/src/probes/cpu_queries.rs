@@ -2,8 +2,6 @@
 //! object, so the CPU program can read which query each thread is in
 //! (`QUERY_ACTIVE`); samples then carry that query's fingerprint id.
 
-use std::collections::HashMap;
-
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap},
@@ -15,18 +13,16 @@ use qprof_common::{
 
 use super::{
     ProbeError, map, map_mut,
-    queries::{QueryError, QueryOptions, QueryTracer, events::QueryEvent},
+    queries::{QueryError, QueryOptions, QueryProbes, events::QueryEvent},
 };
-use crate::aggregate::fingerprint::{id_hex, normalize_captured};
+use crate::aggregate::{fingerprint::id_hex, query_texts::QueryTexts};
 
-/// Text ids remembered: twice the kernel's "already sent" table.
-const MAX_TEXTS: usize = 131_072;
-
-/// Texts seen for the capture's queries, and the tracer that sends them.
+/// Texts seen for the capture's queries, and the probes that send them.
 pub struct QueryLabels {
-    tracer: QueryTracer,
-    /// text id -> fingerprint id (hex).
-    fingerprints: HashMap<u64, String>,
+    probes: QueryProbes,
+    /// The shared text table (normalized text only: labels never carry
+    /// literals).
+    texts: QueryTexts,
 }
 
 impl QueryLabels {
@@ -41,40 +37,47 @@ impl QueryLabels {
                 name: MAP_CONFIG,
                 source,
             })?;
-        let tracer = QueryTracer::attach(
+        let probes = QueryProbes::attach(
             ebpf,
             &QueryOptions {
                 pids: pids.to_vec(),
+                raw_queries: false,
             },
         )?;
-        Ok(Self {
-            tracer,
-            fingerprints: HashMap::new(),
-        })
+        let mut labels = Self {
+            probes,
+            texts: QueryTexts::new(false),
+        };
+        labels.print_warnings();
+        Ok(labels)
     }
 
-    /// Finds new libraries and learns texts (completions are not needed).
+    /// Finds new libraries and learns texts; completions mark their texts
+    /// used, so the texts of running statements are the last evicted.
     pub fn poll(&mut self, ebpf: &mut Ebpf) {
-        let _ = self.tracer.scan(ebpf, false);
-        let fingerprints = &mut self.fingerprints;
-        self.tracer.poll(|ev| {
-            if let QueryEvent::Text {
+        self.probes.rescan(ebpf);
+        let texts = &mut self.texts;
+        self.probes.poll(|ev| match ev {
+            QueryEvent::Text {
                 text_id,
                 bytes,
                 truncated,
                 ..
-            } = ev
-            {
-                // Bounded like `record queries`' text table: past it, start
-                // over (samples of forgotten texts are labelled "unknown").
-                if fingerprints.len() >= MAX_TEXTS {
-                    fingerprints.clear();
-                }
-                fingerprints
-                    .entry(text_id)
-                    .or_insert_with(|| id_hex(normalize_captured(&bytes, truncated).id));
-            }
+            } => texts.learn(text_id, &bytes, truncated),
+            QueryEvent::Done(done) => _ = texts.resolve(done.text_id),
         });
+        let forgotten = self.texts.take_forgotten();
+        if let Err(err) = QueryProbes::forget_texts(ebpf, &forgotten) {
+            eprintln!("qprof: forgetting evicted query texts: {err}");
+        }
+        self.print_warnings();
+    }
+
+    /// Libraries that cannot be traced are named as they are found.
+    fn print_warnings(&mut self) {
+        for warning in self.probes.take_warnings() {
+            eprintln!("qprof: {warning}");
+        }
     }
 
     /// The text id of the query thread `tid` is inside now, 0 if none (for
@@ -89,12 +92,18 @@ impl QueryLabels {
             .map_or(0, |q| q.text_id)
     }
 
-    /// The `query` label of a sample taken inside query `text_id`.
+    /// The `query` label of a sample taken inside query `text_id`
+    /// ("unknown" when its text was never seen or was evicted).
     #[must_use]
     pub fn label(&self, text_id: u64) -> String {
-        self.fingerprints
-            .get(&text_id)
-            .cloned()
-            .unwrap_or_else(|| "unknown".to_owned())
+        self.texts
+            .peek(text_id)
+            .map_or_else(|| "unknown".to_owned(), |n| id_hex(n.id))
+    }
+
+    /// Text ids evicted from the table so far (a drop, for summaries).
+    #[must_use]
+    pub fn texts_evicted(&self) -> u64 {
+        self.texts.evicted()
     }
 }

@@ -1,34 +1,58 @@
 //! TCP tracing: five tracepoints (`sock:inet_sock_set_state`, `tcp_probe` as
 //! a BTF tracepoint, `tcp:tcp_retransmit_skb`, `tcp:tcp_send_reset`,
 //! `tcp:tcp_receive_reset`), aggregated per endpoint row in the kernel and
-//! read once at the end.
+//! read once per window ([`TcpTracer`] is a [`Component`]).
+//!
+//! A window is closed without losing an increment: the rows exist in two
+//! generations (see `qprof_common::tcp`); the tracer points the programs at
+//! the other one, waits for an RCU grace period (`membarrier(
+//! MEMBARRIER_CMD_GLOBAL)` is `synchronize_rcu()`, and every BPF program
+//! runs inside an RCU read-side section), so no program still writes the
+//! old generation, then reads and empties it. Connection tracking
+//! (`TCP_SOCKS`, listeners, the seed) is never reset.
 
 mod btf;
 mod layout;
 pub mod proc_net;
+mod read;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
-    programs::{
-        BtfTracePoint, TracePoint, tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
-    },
+    maps::{Array, HashMap},
+    programs::{BtfTracePoint, TracePoint},
 };
 use qprof_common::{
-    counters::{Counter, MAP_DROP_COUNTERS},
-    tcp::{
-        AF_INET6, DIR_INBOUND, DIR_OUTBOUND, Endpoint, EndpointStats, FourTuple, HIST_CONNECT_NS,
-        HIST_LIFETIME_NS, HIST_RTT_US, HistKey, MAP_CONFIG, MAP_HIST, MAP_LISTENERS, MAP_SEED,
-        MAP_SOCKS, MAP_STATS, MAP_TARGET_PIDS, Owner, SOCK_ADOPTED, SOCK_BASES, SOCK_ESTABLISHED,
-        SOCK_PROBED, SOCK_RECEIVED, SockInfo, TcpConfig,
-    },
+    counters::Counter,
+    tcp::{FourTuple, MAP_CONFIG, MAP_LISTENERS, MAP_SEED, MAP_TARGET_PIDS, Owner, TcpConfig},
 };
 
 pub use self::layout::{LayoutError, PROBE_PROGRAM, PROBE_TRACEPOINT, TRACEPOINTS};
-use super::{ProbeError, cpu::comm_string, load_object, map, map_err, map_mut};
-use crate::aggregate::tcp::{Addr, Counts, Direction, HistKind, Peer, TcpTable};
+use super::{
+    ProbeError,
+    component::{CaptureKind, Component},
+    drop_counters, load_object, map_err, map_mut,
+};
+use crate::aggregate::{drops::DropDeltas, tcp::TcpTable};
+
+/// The kernel counters the TCP programs bump.
+const TCP_COUNTERS: [Counter; 4] = [
+    Counter::TcpSockMapFull,
+    Counter::TcpStatsMapFull,
+    Counter::TcpHistMapFull,
+    Counter::TcpReadError,
+];
+
+/// Progress walks the tracked-socket keys, one syscall each: once a second
+/// (every 10 polls) is plenty for a number people glance at.
+const PROGRESS_EVERY_POLLS: u32 = 10;
+
+/// When `membarrier` cannot give a grace period (a `nohz_full` kernel
+/// refuses `MEMBARRIER_CMD_GLOBAL`): programs run for microseconds, so a
+/// program still writing the old generation 20 ms after the flip would have
+/// to be preempted for that long. Counted (`tcp_window_sync_fallback`).
+const SYNC_FALLBACK: Duration = Duration::from_millis(20);
 
 /// What can go wrong starting or reading the TCP tracer.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +83,16 @@ pub struct TcpOptions {
 /// links), so an error path leaves no probe behind.
 pub struct TcpTracer {
     ebpf: Ebpf,
-    links: Vec<(&'static str, TracePointLinkId)>,
-    probe_link: Option<BtfTracePointLinkId>,
-    /// Pre-existing connections or listeners the seed maps could not hold.
+    /// The programs' configuration; its `generation` is the one written now.
+    config: TcpConfig,
+    /// Pre-existing connections or listeners the seed maps could not hold
+    /// (reported in the first window).
     seed_dropped: u64,
+    /// Windows whose grace period had to be a sleep, not yet reported.
+    sync_fallbacks: u64,
+    drops: DropDeltas,
+    polls: u32,
+    tracked: u64,
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut TracePoint, TcpError> {
@@ -104,17 +134,75 @@ fn probe_program(ebpf: &mut Ebpf) -> Result<&mut BtfTracePoint, TcpError> {
 
 /// Loads and attaches the per-segment program on the `tcp_probe` BTF
 /// tracepoint.
-fn attach_probe(ebpf: &mut Ebpf) -> Result<BtfTracePointLinkId, TcpError> {
+fn attach_probe(ebpf: &mut Ebpf) -> Result<(), TcpError> {
     let btf = aya::Btf::from_sys_fs()?;
     let prog = probe_program(ebpf)?;
     prog.load(PROBE_TRACEPOINT, &btf).map_err(probe_err)?;
-    prog.attach().map_err(probe_err)
+    prog.attach().map_err(probe_err)?;
+    Ok(())
 }
 
 impl TcpTracer {
+    /// Points the programs at the other generation and waits until none
+    /// writes the old one; returns the old one, now safe to read and empty.
+    fn flip(&mut self) -> Result<u16, ProbeError> {
+        let old = self.config.generation;
+        self.config.generation = 1 - old;
+        let mut array: Array<_, TcpConfig> =
+            Array::try_from(map_mut(&mut self.ebpf, MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
+        array.set(0, self.config, 0).map_err(map_err(MAP_CONFIG))?;
+        if !rcu_grace_period() {
+            std::thread::sleep(SYNC_FALLBACK);
+            self.sync_fallbacks += 1;
+        }
+        Ok(old)
+    }
+
+    /// Closes the window: generation `generation`'s rows, the live
+    /// connections (with what they did not move to their rows yet when
+    /// `leftovers`), and the loss counters' gains.
+    fn read_window(&mut self, generation: u16, leftovers: bool) -> Result<TcpTable, TcpError> {
+        let mut table = TcpTable::default();
+        read::take_generation(&mut self.ebpf, generation, &mut table)?;
+        read::read_live(&self.ebpf, &mut table, leftovers)?;
+        table.drops = self.drops.window(&drop_counters(&self.ebpf)?);
+        for (name, n) in [
+            ("tcp_seed_full", std::mem::take(&mut self.seed_dropped)),
+            (
+                "tcp_window_sync_fallback",
+                std::mem::take(&mut self.sync_fallbacks),
+            ),
+        ] {
+            if n > 0 {
+                table.drops.push((name, n));
+            }
+        }
+        Ok(table)
+    }
+}
+
+/// Waits for an RCU grace period: `membarrier(MEMBARRIER_CMD_GLOBAL)` calls
+/// `synchronize_rcu()` (kernel/sched/membarrier.c). False when the kernel
+/// refuses (`nohz_full`, or membarrier compiled out).
+fn rcu_grace_period() -> bool {
+    /// `MEMBARRIER_CMD_GLOBAL` (linux/membarrier.h).
+    const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+    // SAFETY: membarrier takes two integer arguments and touches no memory
+    // of ours.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) };
+    rc == 0
+}
+
+impl Component for TcpTracer {
+    type Config = TcpOptions;
+    type Snapshot = TcpTable;
+    type Error = TcpError;
+
+    const KIND: CaptureKind = CaptureKind::Tcp;
+
     /// Reads the record layouts, loads the programs, hands them the filter
     /// and the connections that already exist, then attaches.
-    pub fn start(options: &TcpOptions) -> Result<Self, TcpError> {
+    fn start(options: &TcpOptions) -> Result<Self, TcpError> {
         let btf = btf::Btf::kernel().map_err(LayoutError::from)?;
         let config = layout::load(
             !options.pids.is_empty(),
@@ -125,7 +213,6 @@ impl TcpTracer {
         let mut ebpf = load_object()?;
         configure(&mut ebpf, &config, &options.pids)?;
         let seed_dropped = seed(&mut ebpf, &proc_net::scan(&options.pids))?;
-        let mut links = Vec::new();
         for (name, category, tracepoint) in TRACEPOINTS {
             let prog = program(&mut ebpf, name)?;
             let err = |source| TcpError::Attach {
@@ -134,50 +221,59 @@ impl TcpTracer {
                 source,
             };
             prog.load().map_err(err)?;
-            links.push((name, prog.attach(category, tracepoint).map_err(err)?));
+            prog.attach(category, tracepoint).map_err(err)?;
         }
-        let probe_link = Some(attach_probe(&mut ebpf)?);
+        attach_probe(&mut ebpf)?;
         Ok(Self {
             ebpf,
-            links,
-            probe_link,
+            config,
             seed_dropped,
+            sync_fallbacks: 0,
+            drops: DropDeltas::new(TCP_COUNTERS.map(Counter::name)),
+            polls: 0,
+            tracked: 0,
         })
     }
 
-    /// Connections tracked right now (for progress; walks the keys).
-    #[must_use]
-    pub fn tracked_connections(&self) -> u64 {
-        map(&self.ebpf, MAP_SOCKS)
-            .ok()
-            .and_then(|m| HashMap::<_, u64, SockInfo>::try_from(m).ok())
-            .map_or(0, |m| m.keys().count() as u64)
+    /// Refreshes the progress count (connections tracked) once a second.
+    fn poll(&mut self) {
+        if self.polls % PROGRESS_EVERY_POLLS == 0 {
+            self.tracked = read::tracked(&self.ebpf);
+        }
+        self.polls = self.polls.wrapping_add(1);
     }
 
-    /// Detaches and reads every row out of the kernel.
-    pub fn finish(mut self) -> Result<TcpTable, TcpError> {
-        if let Some(link) = self.probe_link.take() {
-            probe_program(&mut self.ebpf)?
-                .detach(link)
-                .map_err(probe_err)?;
+    fn progress(&self) -> u64 {
+        self.tracked
+    }
+
+    /// The window's rows; `open` counts the connections open now. What a
+    /// live connection accumulated since its last segment is in the next
+    /// window (see `qprof_common::tcp`).
+    fn snapshot(&mut self) -> Result<TcpTable, TcpError> {
+        let old = self.flip()?;
+        self.read_window(old, false)
+    }
+
+    /// The last window, including what live connections still hold. The
+    /// programs are detached first: a live connection's next segment would
+    /// otherwise move its batched samples to a generation nobody reads
+    /// while the connections are being read. Detaching takes a few
+    /// milliseconds per program, and TCP's rows are counts, not state
+    /// a detach order could corrupt.
+    fn stop(mut self) -> Result<TcpTable, TcpError> {
+        probe_program(&mut self.ebpf)?.unload().map_err(probe_err)?;
+        for (name, category, tracepoint) in TRACEPOINTS {
+            program(&mut self.ebpf, name)?
+                .unload()
+                .map_err(|source| TcpError::Attach {
+                    program: name,
+                    tracepoint: format!("{category}:{tracepoint}"),
+                    source,
+                })?;
         }
-        for (name, link) in std::mem::take(&mut self.links) {
-            let prog = program(&mut self.ebpf, name)?;
-            prog.detach(link).map_err(|source| TcpError::Attach {
-                program: name,
-                tracepoint: String::new(),
-                source,
-            })?;
-        }
-        let mut table = TcpTable::default();
-        read_stats(&self.ebpf, &mut table)?;
-        read_hist(&self.ebpf, &mut table)?;
-        read_live(&self.ebpf, &mut table)?;
-        table.drops = drop_counters(&self.ebpf)?;
-        if self.seed_dropped > 0 {
-            table.drops.push(("tcp_seed_full", self.seed_dropped));
-        }
-        Ok(table)
+        let generation = self.config.generation;
+        self.read_window(generation, true)
     }
 }
 
@@ -215,132 +311,4 @@ fn seed(ebpf: &mut Ebpf, scan: &proc_net::Scan) -> Result<u64, ProbeError> {
         }
     }
     Ok(dropped)
-}
-
-fn ip(family: u16, addr: &[u8; 16]) -> IpAddr {
-    if family == AF_INET6 {
-        IpAddr::V6(Ipv6Addr::from(*addr))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
-    }
-}
-
-/// The aggregate's row identity for a kernel row.
-fn peer(e: &Endpoint) -> Peer {
-    Peer {
-        pid: e.pid,
-        comm: comm_string(&e.comm),
-        direction: match e.direction {
-            DIR_OUTBOUND => Direction::Outbound,
-            DIR_INBOUND => Direction::Inbound,
-            _ => Direction::Unknown,
-        },
-        local: Addr::new(ip(e.family, &e.local_addr), e.local_port),
-        remote: Addr::new(ip(e.family, &e.remote_addr), e.remote_port),
-    }
-}
-
-fn read_stats(ebpf: &Ebpf, table: &mut TcpTable) -> Result<(), ProbeError> {
-    let stats: PerCpuHashMap<_, Endpoint, EndpointStats> =
-        PerCpuHashMap::try_from(map(ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
-    for entry in &stats {
-        let (key, per_cpu) = entry.map_err(map_err(MAP_STATS))?;
-        let (mut sent, mut received, mut sent_closes, mut received_closes) = (0, 0, 0, 0);
-        for s in per_cpu.iter() {
-            table.add_counts(
-                peer(&key),
-                &Counts {
-                    connects: s.connects,
-                    failed_syn_sent: s.failed_syn_sent,
-                    failed_syn_recv: s.failed_syn_recv,
-                    closes: s.closes,
-                    lifetime_ns_total: s.lifetime_ns_total,
-                    retransmits: s.retransmits,
-                    resets_sent: s.resets_sent,
-                    resets_received: s.resets_received,
-                    connect_max_ns: s.connect_max_ns,
-                    lifetime_max_ns: s.lifetime_max_ns,
-                },
-            );
-            sent += s.bytes_sent;
-            received += s.bytes_received;
-            sent_closes += s.sent_closes;
-            received_closes += s.received_closes;
-        }
-        let row = peer(&key);
-        if sent_closes > 0 {
-            table.add_bytes_sent(row.clone(), sent);
-        }
-        if received_closes > 0 {
-            table.add_bytes_received(row, received);
-        }
-    }
-    Ok(())
-}
-
-fn read_hist(ebpf: &Ebpf, table: &mut TcpTable) -> Result<(), ProbeError> {
-    let hist: PerCpuHashMap<_, HistKey, u64> =
-        PerCpuHashMap::try_from(map(ebpf, MAP_HIST)?).map_err(map_err(MAP_HIST))?;
-    for entry in &hist {
-        let (key, per_cpu) = entry.map_err(map_err(MAP_HIST))?;
-        let kind = match key.kind {
-            HIST_CONNECT_NS => HistKind::ConnectNs,
-            HIST_RTT_US => HistKind::RttUs,
-            HIST_LIFETIME_NS => HistKind::LifetimeNs,
-            _ => continue,
-        };
-        let count = per_cpu.iter().sum();
-        table.add_samples(peer(&key.endpoint), kind, key.bucket as usize, count);
-    }
-    Ok(())
-}
-
-/// Connections still open: bytes sent and the RTT samples they batch
-/// in the kernel (flushed there only when their bucket changes or they close).
-fn read_live(ebpf: &Ebpf, table: &mut TcpTable) -> Result<(), ProbeError> {
-    let socks: HashMap<_, u64, SockInfo> =
-        HashMap::try_from(map(ebpf, MAP_SOCKS)?).map_err(map_err(MAP_SOCKS))?;
-    for entry in &socks {
-        let (_, info) = entry.map_err(map_err(MAP_SOCKS))?;
-        let row = peer(&info.endpoint);
-        if info.flags & (SOCK_ESTABLISHED | SOCK_ADOPTED) != 0 {
-            table.add_open(row.clone());
-        }
-        if info.flags & SOCK_PROBED != 0 {
-            table.add_bytes_sent(row.clone(), info.bytes_sent);
-        }
-        if info.flags & SOCK_BASES != 0 && info.flags & SOCK_RECEIVED != 0 {
-            let received = info.received_last.wrapping_sub(info.received_base);
-            table.add_bytes_received(row.clone(), received);
-        }
-        for (&bucket, &count) in info.rtt_buckets.iter().zip(&info.rtt_counts) {
-            if count > 0 {
-                table.add_samples(
-                    row.clone(),
-                    HistKind::RttUs,
-                    usize::from(bucket),
-                    u64::from(count),
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Non-zero loss counters (one object per capture, so only TCP's can be
-/// non-zero here).
-fn drop_counters(ebpf: &Ebpf) -> Result<Vec<(&'static str, u64)>, ProbeError> {
-    let counters: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(map(ebpf, MAP_DROP_COUNTERS)?).map_err(map_err(MAP_DROP_COUNTERS))?;
-    let mut out = Vec::new();
-    for counter in Counter::ALL {
-        let values = counters
-            .get(&(counter as u32), 0)
-            .map_err(map_err(MAP_DROP_COUNTERS))?;
-        let sum: u64 = values.iter().sum();
-        if sum > 0 {
-            out.push((counter.name(), sum));
-        }
-    }
-    Ok(out)
 }

@@ -5,7 +5,18 @@
 //! Everything is aggregated in the kernel per *endpoint row*: (owning
 //! process, direction, local address, remote address) with the ephemeral
 //! port folded to 0, so that N connections from one client to one server
-//! are one row, not N. Userspace reads summaries at the end of a capture.
+//! are one row, not N. Userspace reads summaries, once per window.
+//!
+//! Windows: the per-row counters and histogram cells exist twice
+//! (`TCP_STATS`/`TCP_STATS_1`, `TCP_HIST`/`TCP_HIST_1`), and
+//! `TcpConfig::generation` says which pair the programs write. To close a
+//! window the agent flips the generation, waits for an RCU grace period
+//! (every program that could have read the old value has returned), then
+//! reads and empties the old pair with no program writing it: no increment
+//! is lost or counted twice. Per-connection state (`TCP_SOCKS`) persists;
+//! what a live connection accumulated (bytes, batched RTT samples) is moved
+//! to its row of the current generation at its first segment after a flip
+//! (so it appears in the next window), or at close.
 
 /// Map names (the BPF side declares maps with these names; the agent looks
 /// them up by the same constants).
@@ -17,11 +28,14 @@ pub const MAP_SEED: &str = "TCP_SEED";
 pub const MAP_LISTENERS: &str = "TCP_LISTENERS";
 pub const MAP_STATS: &str = "TCP_STATS";
 pub const MAP_HIST: &str = "TCP_HIST";
+/// The second generation of `TCP_STATS` and `TCP_HIST` (see the module doc).
+pub const MAP_STATS_1: &str = "TCP_STATS_1";
+pub const MAP_HIST_1: &str = "TCP_HIST_1";
 
 /// Sockets tracked at once (live connections owned by traced processes).
 /// A busy database host holds a few thousand; 65,536 is twice the default
 /// ephemeral port range of one source address (28,232 ports). Each entry is
-/// ~190 bytes with the kernel's overhead: ~12 MiB, preallocated so that the
+/// ~215 bytes with the kernel's overhead: ~14 MiB, preallocated so that the
 /// per-packet lookup never allocates. Entries leave on `TCP_CLOSE`; a full
 /// map is counted (`tcp_sock_map_full`).
 pub const SOCKS_CAPACITY: u32 = 65_536;
@@ -40,11 +54,13 @@ pub const SEED_CAPACITY: u32 = 16_384;
 /// process that listens. LRU: hosts rarely listen on more than a few hundred
 /// ports, and losing an old one only loses attribution.
 pub const LISTENERS_CAPACITY: u32 = 4_096;
-/// Endpoint rows. Per-CPU and allocated on use (`BPF_F_NO_PREALLOC`), since
-/// the value is 96 bytes per CPU: 16,384 rows are 1.5 MiB per CPU when full.
-/// A full map is counted (`tcp_stats_map_full`).
+/// Endpoint rows, per generation. Per-CPU and allocated on use
+/// (`BPF_F_NO_PREALLOC`), since the value is 112 bytes per CPU: 16,384 rows
+/// are 1.75 MiB per CPU when full; the inactive generation is emptied at
+/// each window, so only one is ever full. A full map is counted
+/// (`tcp_stats_map_full`).
 pub const STATS_CAPACITY: u32 = 16_384;
-/// Histogram cells: (row, kind, bucket). Sparse because a connection's
+/// Histogram cells: (row, kind, bucket), per generation. Sparse because a connection's
 /// smoothed RTT stays in a handful of buckets; 8 cells per row on average.
 /// A full map is counted (`tcp_hist_map_full`).
 pub const HIST_CAPACITY: u32 = 131_072;
@@ -81,16 +97,16 @@ pub const HIST_RTT_US: u32 = 1;
 pub const HIST_LIFETIME_NS: u32 = 2;
 
 /// `SockInfo::flags` bits.
-pub const SOCK_ESTABLISHED: u32 = 1;
+pub const SOCK_ESTABLISHED: u16 = 1;
 /// At least one `tcp_probe` was seen: `last_snd_nxt` and the byte counts
 /// are meaningful.
-pub const SOCK_PROBED: u32 = 2;
+pub const SOCK_PROBED: u16 = 2;
 /// Found already open (seeded or adopted): its lifetime is unknown.
-pub const SOCK_ADOPTED: u32 = 4;
+pub const SOCK_ADOPTED: u16 = 4;
 /// `acked_base`/`received_base` are valid (the `tcp_sock` offsets are known).
-pub const SOCK_BASES: u32 = 8;
+pub const SOCK_BASES: u16 = 8;
 /// `received_last` was read at least once.
-pub const SOCK_RECEIVED: u32 = 16;
+pub const SOCK_RECEIVED: u16 = 16;
 
 /// Offset meaning "this tracepoint has no such field".
 pub const NO_FIELD: u16 = u16::MAX;
@@ -152,12 +168,14 @@ pub struct EndpointStats {
     pub retransmits: u64,
     pub resets_sent: u64,
     pub resets_received: u64,
-    /// Bytes of closed connections (live ones are added from `TCP_SOCKS`).
+    /// Bytes of closed connections, and of live ones moved here at a
+    /// window change (the rest of live ones is added from `TCP_SOCKS`).
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    /// Closed connections whose `bytes_sent` / `bytes_received` are known.
-    pub sent_closes: u64,
-    pub received_closes: u64,
+    /// How many of those additions measured `bytes_sent` /
+    /// `bytes_received` (zero: unknown, not zero bytes).
+    pub sent_measured: u64,
+    pub received_measured: u64,
     pub connect_max_ns: u64,
     pub lifetime_max_ns: u64,
 }
@@ -186,7 +204,13 @@ pub struct SockInfo {
     pub received_last: u64,
     pub last_snd_nxt: u32,
     /// `SOCK_*`.
-    pub flags: u32,
+    pub flags: u16,
+    /// `TcpConfig::generation` when this socket last moved what it
+    /// accumulated to its row; the bytes moved are taken off `bytes_sent`
+    /// and added to `acked_base`/`received_base`, so those always count
+    /// from the last move (the entry stays 144 bytes: `tcp_set_state`
+    /// builds one on the 512-byte BPF stack).
+    pub generation: u16,
     /// RTT samples are batched per socket in `RTT_SLOTS` (bucket, count)
     /// slots: a smoothed RTT wanders among a few neighbouring buckets, so
     /// the histogram map is touched only when a new bucket finds the slots
@@ -316,8 +340,9 @@ pub struct TcpConfig {
     pub sock_bytes_received: u16,
     pub sock_bytes_acked: u16,
     pub skb_gso_segs: u16,
-    /// Explicit padding; always zero.
-    pub pad1: u16,
+    /// Which generation of `TCP_STATS`/`TCP_HIST` the programs write (0 or
+    /// 1); flipped by the agent to close a window.
+    pub generation: u16,
 }
 const _: () = assert!(core::mem::size_of::<TcpConfig>() == 136);
 

@@ -84,7 +84,7 @@ fn filtered_out(cfg: &TcpConfig, pid: u32) -> bool {
 /// A fresh tracking entry. The kernel's byte counters start at zero for
 /// a connection opened during the capture, so their bases are 0.
 #[inline(always)]
-fn new_info(cfg: &TcpConfig, endpoint: Endpoint, start_ns: u64, flags: u32) -> SockInfo {
+fn new_info(cfg: &TcpConfig, endpoint: Endpoint, start_ns: u64, flags: u16) -> SockInfo {
     let bases = if cfg.sock_bytes_acked != NO_FIELD && cfg.sock_bytes_received != NO_FIELD {
         SOCK_BASES
     } else {
@@ -106,6 +106,7 @@ fn new_info(cfg: &TcpConfig, endpoint: Endpoint, start_ns: u64, flags: u32) -> S
         flags: flags | bases,
         rtt_buckets: [0; RTT_SLOTS],
         rtt_counts: [0; RTT_SLOTS],
+        generation: rows::generation(),
     }
 }
 
@@ -198,6 +199,7 @@ fn try_probe(cfg: &TcpConfig, sk: u64, skb: u64) -> Result<(), i32> {
     // SAFETY: as in `connected` (tcp_rcv_established runs under the socket
     // lock, in softirq or from the owner's backlog).
     let info = unsafe { &mut *ptr };
+    move_window(info, rows::generation());
     // As the classic tracepoint's `srtt` field: microseconds.
     let srtt: u32 = record::kernel_field::<u32>(sk, layout.srtt_us)? >> 3;
     let snd_nxt: u32 = record::kernel_field(sk, layout.snd_nxt)?;
@@ -248,6 +250,45 @@ fn add_rtt(info: &mut SockInfo, bucket: u16) {
     flush_rtt(info);
     info.rtt_buckets[0] = bucket;
     info.rtt_counts[0] = 1;
+}
+
+/// At a socket's first segment after a window change, moves what it
+/// accumulated (batched RTT samples, bytes since the last move) to its row
+/// in the current generation, so a long-lived connection shows up in every
+/// window it is active in (one window late), not only when it closes. The
+/// cost is one comparison per segment, and one row update per socket and
+/// window.
+#[inline(always)]
+fn move_window(info: &mut SockInfo, generation: u16) {
+    if info.generation == generation {
+        return;
+    }
+    info.generation = generation;
+    flush_rtt(info);
+    let sent = (info.flags & SOCK_PROBED != 0).then_some(info.bytes_sent);
+    let received = (info.flags & SOCK_BASES != 0 && info.flags & SOCK_RECEIVED != 0)
+        .then(|| info.received_last.wrapping_sub(info.received_base));
+    if sent.is_none() && received.is_none() {
+        return;
+    }
+    // From now on the socket's counts start here.
+    if let Some(sent) = sent {
+        info.bytes_sent = 0;
+        info.acked_base = info.acked_base.wrapping_add(sent);
+    }
+    if let Some(received) = received {
+        info.received_base = info.received_base.wrapping_add(received);
+    }
+    with_stats(&info.endpoint, |s| {
+        if let Some(sent) = sent {
+            s.bytes_sent += sent;
+            s.sent_measured += 1;
+        }
+        if let Some(received) = received {
+            s.bytes_received += received;
+            s.received_measured += 1;
+        }
+    });
 }
 
 /// Moves a socket's batched RTT samples into its row's histogram.

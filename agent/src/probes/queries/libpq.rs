@@ -61,6 +61,8 @@ pub struct PgProbes {
     /// Paths attached (for the summary).
     pub files: Vec<PathBuf>,
     loaded: bool,
+    /// Files that could not be traced, since the last `take_warnings`.
+    warnings: Vec<String>,
 }
 
 impl PgProbes {
@@ -120,16 +122,22 @@ impl PgProbes {
         Ok(new)
     }
 
+    /// Messages about files that could not be traced, since the last call
+    /// (one per file: a file is tried once).
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
     /// A library that cannot be probed (no `PQsend*` symbols, an unreadable
     /// file) is reported once and skipped: the rest of the host still is.
     fn attach_or_warn(&mut self, ebpf: &mut Ebpf, full: &Path, shown: &Path) -> usize {
         match self.attach_file(ebpf, full, shown) {
             Ok(n) => n,
             Err(err) => {
-                eprintln!(
-                    "qprof: cannot trace queries through {}: {err}",
+                self.warnings.push(format!(
+                    "cannot trace queries through {}: {err}",
                     shown.display()
-                );
+                ));
                 0
             }
         }

@@ -1,8 +1,15 @@
 //! Query tracing: loads the libpq (and SQLite) probes, attaches them to the
 //! libraries processes map, and reads text and completion events.
+//!
+//! [`QueryProbes`] attaches inside any loaded object (the CPU sampler's for
+//! `--by-query`); [`QueryTracer`] is the query capability as a
+//! [`Component`](super::component::Component), owning its object.
 
 pub mod events;
 pub mod libpq;
+mod tracer;
+
+pub use self::tracer::{QueryCounters, QueryTracer, QueryWindow};
 
 use std::{
     collections::HashSet,
@@ -15,7 +22,7 @@ use aya::{
     programs::TracePoint,
 };
 use qprof_common::{
-    queries::{MAP_CONFIG, MAP_EVENTS, MAP_TARGET_PIDS, QueryConfig},
+    queries::{MAP_CONFIG, MAP_EVENTS, MAP_TARGET_PIDS, MAP_TEXTS_SEEN, QueryConfig},
     query_pq::{MAP_CONFIG as PQ_MAP_CONFIG, PqConfig},
 };
 
@@ -24,8 +31,7 @@ use self::{
     libpq::PgProbes,
 };
 use super::{
-    ProbeError, load_object, map_mut, missing_map, query_sqlite::SqliteProbes,
-    tracefs::TracepointFormat,
+    ProbeError, map_mut, missing_map, query_sqlite::SqliteProbes, tracefs::TracepointFormat,
 };
 
 /// Syscall tracepoints that complete libpq queries: (program, event).
@@ -52,30 +58,36 @@ pub enum QueryError {
 pub struct QueryOptions {
     /// Only these processes (empty: every process).
     pub pids: Vec<u32>,
+    /// Keep each text as captured, literals included, beside its
+    /// fingerprint (`--raw-queries`); off by default.
+    pub raw_queries: bool,
 }
+
+/// Warnings kept between two reads: enough to name every library of a
+/// host that cannot be traced; further ones are only counted
+/// (`failed_library_scans`).
+const MAX_WARNINGS: usize = 64;
 
 /// A running query trace inside a loaded object (its own, for `record
 /// queries`, or the CPU sampler's, for `record cpu --by-query`). Programs
 /// stay attached as long as that object lives.
-pub struct QueryTracer {
+pub struct QueryProbes {
     events: RingBuf<MapData>,
     pub pg: PgProbes,
     pub sqlite: SqliteProbes,
     options: QueryOptions,
     scanned: HashSet<u32>,
     last_full_scan: Instant,
-    /// Records of unknown kind or length.
+    /// Records of unknown kind or length, since the start.
     pub malformed: u64,
+    /// Library files that could not be inspected or attached, and scans
+    /// that failed, since the start.
+    pub failed_scans: u64,
+    /// Why, since the last `take_warnings` (at most `MAX_WARNINGS`).
+    warnings: Vec<String>,
 }
 
-impl QueryTracer {
-    /// Loads a fresh object and attaches into it.
-    pub fn start(options: &QueryOptions) -> Result<(Ebpf, Self), QueryError> {
-        let mut ebpf = load_object()?;
-        let tracer = Self::attach(&mut ebpf, options)?;
-        Ok((ebpf, tracer))
-    }
-
+impl QueryProbes {
     /// Configures and attaches the query probes in `ebpf`.
     pub fn attach(ebpf: &mut Ebpf, options: &QueryOptions) -> Result<Self, QueryError> {
         configure(ebpf, options)?;
@@ -109,7 +121,7 @@ impl QueryTracer {
             source,
         })?;
         let sqlite = SqliteProbes::attach(ebpf, &options.pids)?;
-        let mut tracer = Self {
+        let mut probes = Self {
             events,
             pg: PgProbes::default(),
             sqlite,
@@ -117,12 +129,54 @@ impl QueryTracer {
             scanned: HashSet::new(),
             last_full_scan: Instant::now(),
             malformed: 0,
+            failed_scans: 0,
+            warnings: Vec::new(),
         };
         if options.pids.is_empty() {
-            tracer.pg.scan_system(ebpf)?;
+            probes.pg.scan_system(ebpf)?;
         }
-        tracer.scan(ebpf, true)?;
-        Ok(tracer)
+        probes.scan(ebpf, true)?;
+        Ok(probes)
+    }
+
+    /// Looks for new libraries (see [`Self::scan`]); a scan that fails is
+    /// counted and kept as a warning instead of stopping the trace.
+    pub fn rescan(&mut self, ebpf: &mut Ebpf) {
+        if let Err(err) = self.scan(ebpf, false) {
+            self.failed_scans += 1;
+            self.warn(format!("scanning processes for query libraries: {err}"));
+        }
+    }
+
+    /// Why files could not be traced, since the last call.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    fn warn(&mut self, warning: String) {
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(warning);
+        }
+    }
+
+    /// Removes `text_ids` from the kernel's "already sent" table, so that
+    /// their texts are sent again at their next execution (they were
+    /// evicted from the text table). An id the kernel's LRU already
+    /// forgot is not an error.
+    pub fn forget_texts(ebpf: &mut Ebpf, text_ids: &[u64]) -> Result<(), ProbeError> {
+        if text_ids.is_empty() {
+            return Ok(());
+        }
+        let mut seen: HashMap<_, u64, u8> = HashMap::try_from(map_mut(ebpf, MAP_TEXTS_SEEN)?)
+            .map_err(|source| ProbeError::Map {
+                name: MAP_TEXTS_SEEN,
+                source,
+            })?;
+        for id in text_ids {
+            // ENOENT: the kernel's LRU forgot it already; nothing to do.
+            let _ = seen.remove(id);
+        }
+        Ok(())
     }
 
     /// Looks for libraries in processes not seen before (and in all of them
@@ -154,13 +208,16 @@ impl QueryTracer {
                 }
             }
         }
-        for warning in self.sqlite.take_warnings() {
-            eprintln!("qprof: {warning}");
+        let (pg, sqlite) = (self.pg.take_warnings(), self.sqlite.take_warnings());
+        self.failed_scans += (pg.len() + sqlite.len()) as u64;
+        for warning in pg.into_iter().chain(sqlite) {
+            self.warn(warning);
         }
         Ok(fresh)
     }
 
-    /// Drains the event ring, handing each event to `sink`.
+    /// Drains the event ring, handing each event to `sink`; unreadable
+    /// records are counted (`malformed`).
     pub fn poll(&mut self, mut sink: impl FnMut(QueryEvent)) -> usize {
         let mut n = 0;
         while let Some(record) = self.events.next() {

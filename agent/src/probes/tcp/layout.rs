@@ -223,7 +223,7 @@ pub fn load(
         sock_bytes_received: kernel.bytes_received,
         sock_bytes_acked: kernel.bytes_acked,
         skb_gso_segs: kernel.gso_segs,
-        pad1: 0,
+        generation: 0,
     })
 }
 

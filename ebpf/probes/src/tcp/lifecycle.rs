@@ -189,7 +189,8 @@ fn closed(ctx: &TracePointContext, cfg: &TcpConfig, old: i32) -> Result<(), i32>
 /// are known (exact, including the last segments), else from `snd_nxt`.
 /// The kernel's counters count sequence space: closing from a state
 /// reached by exchanging FINs takes one off each, and a connection we
-/// opened also had its SYN acknowledged.
+/// opened also had its SYN acknowledged. What window changes already
+/// moved to the row was taken off `bytes_sent` and added to the bases.
 #[inline(always)]
 fn flush_closed(cfg: &TcpConfig, sk: u64, info: &mut SockInfo, old: i32) {
     let fins = u64::from(matches!(
@@ -210,8 +211,8 @@ fn flush_closed(cfg: &TcpConfig, sk: u64, info: &mut SockInfo, old: i32) {
         let received: Result<u64, i32> = record::kernel_field(sk, cfg.sock_bytes_received);
         match (acked, received) {
             (Ok(a), Ok(r)) => Some((
-                a.wrapping_sub(info.acked_base).saturating_sub(fins + syn),
-                r.wrapping_sub(info.received_base).saturating_sub(fins),
+                a.saturating_sub(info.acked_base).saturating_sub(fins + syn),
+                r.saturating_sub(info.received_base).saturating_sub(fins),
             )),
             _ => None,
         }
@@ -224,11 +225,11 @@ fn flush_closed(cfg: &TcpConfig, sk: u64, info: &mut SockInfo, old: i32) {
         if let Some((sent, received)) = exact {
             s.bytes_sent += sent;
             s.bytes_received += received;
-            s.sent_closes += 1;
-            s.received_closes += 1;
+            s.sent_measured += 1;
+            s.received_measured += 1;
         } else if probed {
             s.bytes_sent += info.bytes_sent;
-            s.sent_closes += 1;
+            s.sent_measured += 1;
         }
     });
     if !adopted {

@@ -17,14 +17,47 @@ use qprof_common::{
 use crate::counters::bump;
 
 /// Per-CPU, so each CPU adds to its own copy without atomics; allocated on
-/// use because most of the capacity is never needed.
+/// use because most of the capacity is never needed. Two generations (see
+/// `qprof_common::tcp`): the agent reads and empties the one not written.
 #[map(name = "TCP_STATS")]
 static TCP_STATS: PerCpuHashMap<Endpoint, EndpointStats> =
+    PerCpuHashMap::with_max_entries(STATS_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "TCP_STATS_1")]
+static TCP_STATS_1: PerCpuHashMap<Endpoint, EndpointStats> =
     PerCpuHashMap::with_max_entries(STATS_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map(name = "TCP_HIST")]
 static TCP_HIST: PerCpuHashMap<HistKey, u64> =
     PerCpuHashMap::with_max_entries(HIST_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "TCP_HIST_1")]
+static TCP_HIST_1: PerCpuHashMap<HistKey, u64> =
+    PerCpuHashMap::with_max_entries(HIST_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// The generation the agent wants written now.
+#[inline(always)]
+pub fn generation() -> u16 {
+    super::config().map_or(0, |c| c.generation)
+}
+
+#[inline(always)]
+fn stats_map() -> &'static PerCpuHashMap<Endpoint, EndpointStats> {
+    if generation() == 0 {
+        &TCP_STATS
+    } else {
+        &TCP_STATS_1
+    }
+}
+
+#[inline(always)]
+fn hist_map() -> &'static PerCpuHashMap<HistKey, u64> {
+    if generation() == 0 {
+        &TCP_HIST
+    } else {
+        &TCP_HIST_1
+    }
+}
 
 /// The row of a connection. The ephemeral side's port is folded to 0 so
 /// that every connection between the same two services shares one row:
@@ -67,19 +100,20 @@ pub fn endpoint(
 /// Runs `update` on this CPU's counters of `row`, creating them if needed.
 #[inline(always)]
 pub fn with_stats(row: &Endpoint, update: impl FnOnce(&mut EndpointStats)) {
-    let slot = TCP_STATS.get_ptr_mut(row).or_else(|| {
+    let stats = stats_map();
+    let slot = stats.get_ptr_mut(row).or_else(|| {
         // EEXIST means another CPU created the row after our lookup: the
         // entry then exists for every CPU and the lookup below finds ours.
-        let _ = TCP_STATS.insert(row, EndpointStats::default(), u64::from(BPF_NOEXIST));
-        TCP_STATS.get_ptr_mut(row)
+        let _ = stats.insert(row, EndpointStats::default(), u64::from(BPF_NOEXIST));
+        stats.get_ptr_mut(row)
     });
     let Some(slot) = slot else {
         bump(Counter::TcpStatsMapFull);
         return;
     };
     // SAFETY: this CPU's slot of a live per-CPU entry; BPF programs do not
-    // preempt each other on one CPU, and rows are never deleted while the
-    // programs run.
+    // preempt each other on one CPU, and rows are deleted only from the
+    // generation no program writes (after an RCU grace period).
     update(unsafe { &mut *slot });
 }
 
@@ -91,15 +125,16 @@ pub fn hist_add(row: &Endpoint, kind: u32, bucket: u32, count: u64) {
         kind,
         bucket,
     };
-    if let Some(cell) = TCP_HIST.get_ptr_mut(key) {
+    let hist = hist_map();
+    if let Some(cell) = hist.get_ptr_mut(key) {
         // SAFETY: as in `with_stats`.
         unsafe { *cell += count };
         return;
     }
-    if TCP_HIST.insert(key, count, u64::from(BPF_NOEXIST)).is_ok() {
+    if hist.insert(key, count, u64::from(BPF_NOEXIST)).is_ok() {
         return;
     }
-    match TCP_HIST.get_ptr_mut(key) {
+    match hist.get_ptr_mut(key) {
         // SAFETY: as in `with_stats`.
         Some(cell) => unsafe { *cell += count },
         None => bump(Counter::TcpHistMapFull),
