@@ -100,6 +100,25 @@ impl QueryStats {
         }
     }
 
+    /// Adds another window's statistics of the same statement.
+    fn absorb(&mut self, other: &QueryStats) {
+        self.calls += other.calls;
+        self.errors += other.errors;
+        if let Some(r) = other.rows {
+            self.rows = Some(self.rows.unwrap_or(0).saturating_add(r));
+        }
+        self.total_ns = self.total_ns.saturating_add(other.total_ns);
+        self.latency.merge(&other.latency);
+        self.other_pid_calls += other.other_pid_calls;
+        for &pid in &other.pids {
+            if let Err(at) = self.pids.binary_search(&pid) {
+                if self.pids.len() < MAX_PIDS {
+                    self.pids.insert(at, pid);
+                }
+            }
+        }
+    }
+
     /// The report row for this statement.
     #[must_use]
     pub fn row(&self, db: Db, id: u64) -> QueryRow {
@@ -231,6 +250,30 @@ impl QueryTable {
         self.by_use.insert((stats.calls, stats.last_seen), key);
     }
 
+    /// Adds every statement of `other` (a window) into this table (the
+    /// agent's running totals), evicting the least used when full, as
+    /// [`Self::record`] does.
+    pub fn merge(&mut self, other: &QueryTable) {
+        for (key, theirs) in &other.entries {
+            self.clock += 1;
+            if let Some(stats) = self.entries.get(key) {
+                self.by_use.remove(&(stats.calls, stats.last_seen));
+            } else {
+                if self.entries.len() >= self.capacity {
+                    self.evict_one();
+                }
+                self.entries
+                    .insert(*key, QueryStats::new(theirs.text.clone()));
+            }
+            let Some(stats) = self.entries.get_mut(key) else {
+                continue;
+            };
+            stats.absorb(theirs);
+            stats.last_seen = self.clock;
+            self.by_use.insert((stats.calls, stats.last_seen), *key);
+        }
+    }
+
     fn evict_one(&mut self) {
         if let Some((_, key)) = self.by_use.pop_first()
             && let Some(gone) = self.entries.remove(&key)
@@ -318,6 +361,36 @@ mod tests {
 
     fn q(sql: &str) -> Normalized {
         normalize(sql.as_bytes())
+    }
+
+    /// Merging two windows gives what recording both into one table gives.
+    #[test]
+    fn merging_windows_equals_one_table() {
+        let calls = [
+            ("SELECT 1", 1_000, 10),
+            ("SELECT 2", 5_000, 11),
+            ("SELECT 1", 3_000, 12),
+        ];
+        let mut whole = QueryTable::default();
+        let mut a = QueryTable::default();
+        let mut b = QueryTable::default();
+        for (i, (sql, ns, pid)) in calls.iter().enumerate() {
+            whole.record(Db::Postgres, &q(sql), *ns, i == 1, Some(2), *pid);
+            let w = if i < 2 { &mut a } else { &mut b };
+            w.record(Db::Postgres, &q(sql), *ns, i == 1, Some(2), *pid);
+        }
+        let mut merged = QueryTable::default();
+        merged.merge(&a);
+        merged.merge(&b);
+        let mut rows = merged.rows();
+        let mut expect = whole.rows();
+        rows.sort_by(|x, y| x.fingerprint_id.cmp(&y.fingerprint_id));
+        expect.sort_by(|x, y| x.fingerprint_id.cmp(&y.fingerprint_id));
+        assert_eq!(rows, expect);
+        let mut small = QueryTable::with_capacity(1);
+        small.merge(&whole);
+        assert_eq!(small.len(), 1);
+        assert_eq!(small.evicted(), 1);
     }
 
     /// Calls, errors, rows, totals, min/max and pids add up per statement,

@@ -23,6 +23,7 @@ use crate::{
     },
     probes::{
         cpu::{CpuCapture, CpuConfig, CpuSampler},
+        queries::{QueryOptions, QueryTracer},
         syscalls::{SyscallConfig, SyscallTracer},
         tcp::{TcpOptions, TcpTracer},
     },
@@ -80,21 +81,56 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             by_query: false,
             include_idle: c.include_idle,
         };
-        let symbolizer = Mutex::new(Symbolizer::new());
+        // blazesym's symbolizer is not Send: it lives on one blocking
+        // thread of its own that symbolizes and writes each window, so a
+        // slow symbolization never delays the sampler's polls either. The
+        // thread ends when the sampler's task (the only sender) ends.
+        let (tx, rx) = std::sync::mpsc::channel::<(CpuCapture, WindowSpan)>();
         let hz = c.cpu_hz;
+        let writer = shared.clone();
+        tracker.spawn_blocking(move || {
+            let mut symbolizer = Symbolizer::new();
+            while let Ok((snap, span)) = rx.recv() {
+                let result = cpu_window(&writer, &mut symbolizer, &snap, span, hz);
+                count_write(&writer, result.map_err(|e| e.to_string()), "cpu");
+            }
+        });
+        let tx = Mutex::new(tx);
         supervise::spawn::<CpuSampler, _>(
             tracker,
             shared.clone(),
             cancel.clone(),
             cpu,
             move |s, snap, span| {
-                let result = symbolizer
+                let sent = tx
                     .lock()
-                    .map_err(|_| "symbolizer poisoned".to_owned())
-                    .and_then(|mut sym| {
-                        cpu_window(s, &mut sym, &snap, span, hz).map_err(|e| e.to_string())
-                    });
-                count_write(s, result, "cpu");
+                    .map_err(|_| ())
+                    .and_then(|t| t.send((snap, span)).map_err(|_| ()));
+                if sent.is_err() {
+                    count_write(s, Err("the symbolizer thread is gone".into()), "cpu");
+                }
+            },
+        );
+    }
+    if c.queries {
+        let options = QueryOptions {
+            pids: Vec::new(),
+            raw_queries: config.raw_queries,
+        };
+        supervise::spawn::<QueryTracer, _>(
+            tracker,
+            shared.clone(),
+            cancel.clone(),
+            options,
+            |s, window, span| {
+                if let Ok(mut all) = s.queries.lock() {
+                    all.merge(&window.table);
+                }
+                for w in &window.warnings {
+                    log(&format!("queries: {w}"));
+                }
+                let result = write_json(s, span, "queries.json", &window.table.rows());
+                count_write(s, result.map_err(|e| e.to_string()), "queries");
             },
         );
     }
@@ -163,7 +199,10 @@ fn cpu_window(
     hz: u64,
 ) -> Result<(), StoreError> {
     let shape = ProfileShape {
-        sample_types: vec![value_type("samples", "count"), value_type("cpu", "nanoseconds")],
+        sample_types: vec![
+            value_type("samples", "count"),
+            value_type("cpu", "nanoseconds"),
+        ],
         period_type: value_type("cpu", "nanoseconds"),
         period: 1_000_000_000 / hz.max(1) as i64,
         time_nanos: span.start_ms as i64 * 1_000_000,
