@@ -10,11 +10,17 @@ use super::{
     captures::{CaptureRequest, record},
 };
 use crate::{
-    aggregate::stacks::StackCounts,
+    aggregate::{
+        memory::{INUSE_SPACE, SAMPLE_TYPES},
+        stacks::StackCounts,
+    },
     export::{profile, store::CaptureMeta},
     probes::{
         component::CaptureKind,
         cpu::{CpuConfig, CpuSampler},
+        memory::{MemoryConfig, MemoryProfiler},
+        offcpu::{OffcpuOptions, OffcpuProfiler},
+        queries::{QueryOptions, QueryTracer},
         process_maps::ProcessMaps,
         syscalls::{SyscallConfig, SyscallMode, SyscallTracer},
         tcp::{TcpOptions, TcpTracer},
@@ -76,7 +82,40 @@ pub fn run(
             meta.counts.push(("peers".into(), rows.len() as u64));
             write_json(shared, meta, "tcp.json", &rows)
         }
-        other => anyhow::bail!("{other} captures are not available from the agent yet"),
+        CaptureKind::Offcpu => {
+            let options = OffcpuOptions {
+                pids: req.pids.clone(),
+                // As `record offcpu`'s default: shorter waits are mostly
+                // scheduler noise.
+                min_block_ns: 1_000_000,
+                by_query: false,
+            };
+            let cap = record::<OffcpuProfiler>(shared, &options, duration)?;
+            meta.drops = owned(&cap.drops);
+            let types = [("samples", "count"), ("offcpu", "nanoseconds")];
+            write_profile(shared, meta, "offcpu", &cap.stacks, &cap.maps, &types, 1, 1)
+        }
+        CaptureKind::Memory => {
+            let config = MemoryConfig {
+                pids: req.pids.clone(),
+                // `record memory`'s default: one sample per 512 KiB.
+                sample_bytes: 524_288,
+            };
+            let snap = record::<MemoryProfiler>(shared, &config, duration)?;
+            meta.drops = owned(&snap.drops);
+            meta.counts.push(("sampled".into(), snap.stats.sampled));
+            write_profile(shared, meta, "memory", &snap.stacks, &snap.maps, &SAMPLE_TYPES, 1, INUSE_SPACE)
+        }
+        CaptureKind::Queries => {
+            let options = QueryOptions {
+                pids: req.pids.clone(),
+                raw_queries: shared.config().raw_queries,
+            };
+            let window = record::<QueryTracer>(shared, &options, duration)?;
+            let rows = window.table.rows();
+            meta.counts.push(("statements".into(), rows.len() as u64));
+            write_json(shared, meta, "queries.json", &rows)
+        }
     }
 }
 
