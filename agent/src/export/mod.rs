@@ -1,3 +1,4 @@
-//! Getting results out: profile files on disk (later: Prometheus, push).
+//! Getting results out: profile files on disk, Prometheus metrics (later: push).
 
 pub mod files;
+pub mod metrics;
