@@ -42,9 +42,12 @@ pub struct ProgramStats {
 /// What the kernel says about the agent's programs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BpfStats {
-    /// `kernel.bpf_stats_enabled`; `None` when unreadable.
+    /// `kernel.bpf_stats_enabled`; `None` when unreadable. The sysctl shows
+    /// only its own setting: statistics turned on by another tool holding a
+    /// `BPF_ENABLE_STATS` fd (bpftop does) count while this reads false.
     pub enabled: Option<bool>,
-    /// Per program, only when enabled (all zero otherwise).
+    /// Per program, when statistics are or were on (any run counted):
+    /// zeros would read as "free", so they are left out.
     pub programs: Vec<ProgramStats>,
     /// Programs the agent named that the kernel no longer lists, or whose
     /// info could not be read.
@@ -61,34 +64,38 @@ pub fn bpf_stats_enabled() -> Option<bool> {
 /// Run time and count of the programs `ours` names (kernel id, name as
 /// the agent knows it: the kernel keeps only 15 bytes of a name, and
 /// `pq_send_query_params`/`pq_send_query_prepared` would collide).
-/// Walks the kernel's program list once (three syscalls per program).
+/// Walks the kernel's program list once (three syscalls per program), so
+/// the agent calls it on its sampling timer, not per scrape.
 #[must_use]
 pub fn bpf_program_stats(ours: &[(u32, String)]) -> BpfStats {
-    let enabled = bpf_stats_enabled();
-    let mut stats = BpfStats {
-        enabled,
-        ..BpfStats::default()
-    };
-    if enabled != Some(true) {
-        return stats;
-    }
     let wanted: BTreeMap<u32, &str> = ours
         .iter()
         .take(MAX_PROGRAMS)
         .map(|(id, name)| (*id, name.as_str()))
         .collect();
-    for info in aya::programs::loaded_programs().flatten() {
-        if let Some(name) = wanted.get(&info.id()) {
-            stats.programs.push(ProgramStats {
-                name: (*name).to_owned(),
-                run_time: info.run_time(),
-                run_count: info.run_count(),
-            });
+    let mut programs = Vec::new();
+    if !wanted.is_empty() {
+        for info in aya::programs::loaded_programs().flatten() {
+            if let Some(name) = wanted.get(&info.id()) {
+                programs.push(ProgramStats {
+                    name: (*name).to_owned(),
+                    run_time: info.run_time(),
+                    run_count: info.run_count(),
+                });
+            }
         }
     }
-    stats.unreadable = (wanted.len() - stats.programs.len()) as u64;
-    stats.programs.sort_by(|a, b| a.name.cmp(&b.name));
-    stats
+    let unreadable = (wanted.len() - programs.len()) as u64;
+    let enabled = bpf_stats_enabled();
+    if enabled != Some(true) && programs.iter().all(|p| p.run_count == 0) {
+        programs.clear();
+    }
+    programs.sort_by(|a, b| a.name.cmp(&b.name));
+    BpfStats {
+        enabled,
+        programs,
+        unreadable,
+    }
 }
 
 /// The agent's CPU time (user + system) and resident set, read at scrape
@@ -197,6 +204,41 @@ mod tests {
         let (cpu, rss) = self_usage();
         assert!(rss.is_some_and(|r| r > 1 << 20), "{rss:?}");
         assert!(cpu.is_some_and(|c| c >= 0.0), "{cpu:?}");
+    }
+
+    /// With kernel BPF stats on (through `BPF_ENABLE_STATS`, only while
+    /// the test holds its fd: dropping it, even in a panic, turns them off
+    /// again, so the host's setting is untouched), the agent's `sys_enter`
+    /// program attached and some syscalls made, the stats find it by id
+    /// with runs and run time. Needs root.
+    #[test]
+    fn bpf_program_stats_of_a_live_program() {
+        use aya::programs::RawTracePoint;
+        let mut ebpf = crate::probes::load_object().expect("load the BPF object (root?)");
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut("sys_enter")
+            .expect("sys_enter")
+            .try_into()
+            .expect("raw tracepoint");
+        prog.load().expect("load");
+        let id = prog.info().expect("info").id();
+        let _link = prog.attach("sys_enter").expect("attach");
+        let before = bpf_program_stats(&[(id, "sys_enter".into())]);
+        let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable stats");
+        for _ in 0..1_000 {
+            let _ = std::fs::metadata("/");
+        }
+        let on = bpf_program_stats(&[(id, "sys_enter".into()), (u32::MAX, "gone".into())]);
+        drop(stats_fd);
+        if before.enabled == Some(false) {
+            assert!(before.programs.is_empty(), "no zeros while stats are off");
+        }
+        assert_eq!(on.enabled, bpf_stats_enabled(), "the sysctl as it is");
+        assert_eq!(on.unreadable, 1, "the unknown id is counted");
+        let p = on.programs.first().expect("our program");
+        assert_eq!(p.name, "sys_enter");
+        assert!(p.run_count >= 1_000, "{p:?}");
+        assert!(p.run_time > Duration::ZERO, "{p:?}");
     }
 
     /// Named causes beyond the cap fold into "other"; every kernel counter
