@@ -173,11 +173,3 @@ fn encode_time() {
         assert!(each < Duration::from_secs(1), "{each:?}");
     }
 }
-
-#[test]
-#[ignore = "dumps a sample scrape"]
-fn dump() {
-    let m = full_metrics();
-    std::fs::write("/tmp/h6_om.txt", openmetrics(&m)).unwrap();
-    std::fs::write("/tmp/h6_prom.txt", classic(&m)).unwrap();
-}
