@@ -152,6 +152,19 @@ impl FineHistogram {
         self.max
     }
 
+    /// The non-empty buckets as (lowest value, width, count), in value
+    /// order, for exporters that re-bucket (the Prometheus histograms).
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(k, &c)| {
+                let (low, width) = bucket_of(self.first + k);
+                (low, width, c)
+            })
+    }
+
     /// Buckets held (for memory accounting and tests).
     #[must_use]
     pub fn buckets_held(&self) -> usize {

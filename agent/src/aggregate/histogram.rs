@@ -53,6 +53,13 @@ impl LogHistogram {
         self.max
     }
 
+    /// Counts per bucket of `qprof_common::hist` (index = bucket), for
+    /// exporters that re-bucket (the Prometheus histograms).
+    #[must_use]
+    pub fn bucket_counts(&self) -> &[u64] {
+        &self.buckets
+    }
+
     /// The value below which `q` (0..=1) of the observations fall: the
     /// midpoint of the bucket holding that rank, never above the maximum.
     #[must_use]

@@ -2,6 +2,7 @@
 //! capability, plus the pre-flight checks and process discovery they share.
 
 pub mod component;
+pub mod counters;
 pub mod cpu;
 pub mod cpu_queries;
 pub mod discovery;
