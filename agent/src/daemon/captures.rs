@@ -199,6 +199,7 @@ pub fn start(
         }
         log(&format!("capture {} {:?}", meta.id, meta.status));
         s.health.captures_taken.fetch_add(1, Ordering::Relaxed);
+        s.metrics.capture_taken(kind.as_str());
         s.captures.put(meta);
         finish_running(&s, kind);
     });

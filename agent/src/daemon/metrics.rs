@@ -1,45 +1,50 @@
-//! `/metrics`: the agent's health counters (the full registry is
-//! `export::metrics`, fed by the windows).
+//! Feeding the agent's Prometheus metrics (`export::metrics`) with what
+//! only the daemon knows: host and store readings on a timer, and the
+//! encoding of a scrape.
 
-use std::{fmt::Write as _, sync::atomic::Ordering};
+use std::{sync::Arc, time::Duration};
 
-use super::Shared;
+use super::{Shared, log};
+use crate::export::metrics::host::HostSampler;
+
+/// How often host, process and store readings are refreshed: scrapes
+/// come every 15-60 s; reading every process's stats more often than
+/// that would only cost CPU.
+const SAMPLE_EVERY: Duration = Duration::from_secs(15);
+
+/// Processes reported by CPU and by RSS: the heaviest few of a host are
+/// what an operator looks for; more would only add series.
+const TOP_PROCESSES: usize = 20;
 
 /// Content type and body of a scrape.
-pub fn encode(shared: &Shared, _accept: Option<&str>) -> (&'static str, String) {
-    let h = &shared.health;
-    let mut out = String::new();
-    for (name, help, v) in [
-        (
-            "qprof_windows_written",
-            "Continuous windows written.",
-            &h.windows_written,
-        ),
-        (
-            "qprof_window_write_errors",
-            "Continuous windows that could not be written.",
-            &h.window_write_errors,
-        ),
-        (
-            "qprof_captures_taken",
-            "On-demand captures finished.",
-            &h.captures_taken,
-        ),
-        (
-            "qprof_task_restarts",
-            "Capability tasks restarted after a panic or failure.",
-            &h.task_restarts,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {}",
-            v.load(Ordering::Relaxed)
-        );
+pub fn encode(shared: &Shared, accept: Option<&str>) -> (&'static str, String) {
+    match shared.metrics.encode(accept) {
+        Ok(pair) => pair,
+        Err(e) => ("text/plain; charset=utf-8", format!("# encoding failed: {e}\n")),
     }
-    let _ = writeln!(out, "# EOF");
-    (
-        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        out,
-    )
+}
+
+/// Refreshes host, process and store readings every [`SAMPLE_EVERY`].
+pub fn spawn_sampler(shared: &Arc<Shared>) {
+    let s = shared.clone();
+    shared.tracker.spawn(async move {
+        let mut sampler = match HostSampler::new(TOP_PROCESSES) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                log(&format!("host metrics unavailable: {e}"));
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            tokio::select! {
+                () = s.cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Some(h) = sampler.as_mut() {
+                s.metrics.set_host(h.sample());
+            }
+            s.metrics.set_store_bytes("data", s.store.size());
+        }
+    });
 }

@@ -28,7 +28,13 @@ use anyhow::{Context as _, bail};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use self::{captures::Captures, config::Config, windows::RecentWindows};
-use crate::{aggregate::queries::QueryTable, export::store::Store};
+use crate::{
+    aggregate::queries::QueryTable,
+    export::{
+        metrics::{Metrics, MetricsConfig},
+        store::Store,
+    },
+};
 
 /// Counters of the agent's own life, exported as metrics.
 #[derive(Debug, Default)]
@@ -52,6 +58,7 @@ pub struct Shared {
     /// evicted): what `/api/queries` and `qprof top` show.
     pub queries: Mutex<QueryTable>,
     pub captures: Captures,
+    pub metrics: Metrics,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -169,6 +176,12 @@ async fn serve(
         recent: Mutex::new(RecentWindows::new(config.store.memory_windows)),
         queries: Mutex::new(QueryTable::default()),
         captures: Captures::new(old),
+        metrics: Metrics::new(MetricsConfig {
+            top_queries: config.metrics.top_fingerprints,
+            top_syscalls: config.metrics.top_series,
+            top_tcp: config.metrics.top_series,
+            ..MetricsConfig::default()
+        }),
         config: RwLock::new(config.clone()),
         store,
         token,
@@ -181,6 +194,7 @@ async fn serve(
         .corrupt_captures_skipped
         .store(warnings.len() as u64, Ordering::Relaxed);
     windows::start_continuous(&shared, &config);
+    metrics::spawn_sampler(&shared);
     let server = crate::server::router(shared.clone());
     let cancel = shared.cancel.clone();
     shared.tracker.spawn(async move {

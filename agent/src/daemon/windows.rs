@@ -123,7 +123,8 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             cancel.clone(),
             options,
             |s, window, span| {
-                if let Ok(mut all) = s.queries.lock() {
+                s.metrics.observe_queries(&window.table);
+            if let Ok(mut all) = s.queries.lock() {
                     all.merge(&window.table);
                 }
                 for w in &window.warnings {
@@ -141,7 +142,9 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             cancel.clone(),
             SyscallConfig::default(),
             |s, table, span| {
-                let result = write_json(s, span, "syscalls.json", &table.rows());
+                s.metrics.observe_syscalls(&table);
+            s.metrics.add_lost(table.drops.iter().copied());
+            let result = write_json(s, span, "syscalls.json", &table.rows());
                 count_write(s, result.map_err(|e| e.to_string()), "syscalls");
             },
         );
@@ -153,7 +156,8 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             cancel.clone(),
             TcpOptions::default(),
             |s, table, span| {
-                let result = write_json(s, span, "tcp.json", &table.rows());
+                s.metrics.observe_tcp(&table);
+            let result = write_json(s, span, "tcp.json", &table.rows());
                 count_write(s, result.map_err(|e| e.to_string()), "tcp");
             },
         );

@@ -177,7 +177,7 @@ impl SyscallWindow {
         }
         // The exact total only when every call was timed; a sampled
         // histogram gets the sum of its own samples, estimated.
-        let exact = (s.latency.count() == s.calls).then_some(s.total_ns);
+        let exact = (s.latency.count() == s.calls).then_some(s.total_ns());
         self.latency
             .add_log(SYSCALL_BOUNDS, &s.latency, 1e-9, exact);
     }
