@@ -11,7 +11,7 @@ const UNIT: &str = include_str!("../../agent/deploy/qprof.service");
 /// Where the unit expects the binary; the README installs it there.
 const INSTALLED: &str = "/usr/local/bin/qprof";
 
-/// The unit with ExecStart pointing at the binary under test (verify
+/// The unit with `ExecStart` pointing at the binary under test (verify
 /// refuses a unit whose binary does not exist), written as `name` in `dir`.
 fn unit_copy(dir: &TempDir, name: &str, edit: impl Fn(String) -> String) -> String {
     let bin = qprof_bin();
