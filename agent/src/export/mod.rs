@@ -1,3 +1,4 @@
 //! Getting results out: profile files on disk (later: Prometheus, push).
 
 pub mod files;
+pub mod pyroscope;
