@@ -241,6 +241,10 @@ fn flamegraph_bad_files() {
 
 /// Runs qprof with `args` to completion and returns its exit status, its
 /// stderr and its peak resident memory in KiB (from the kernel, `wait4`).
+#[expect(
+    clippy::zombie_processes,
+    reason = "reaped with wait4, which also returns its rusage"
+)]
 fn run_measuring_rss(args: &[&str]) -> (i32, String, i64) {
     let child = Command::new(qprof_bin())
         .args(args)
