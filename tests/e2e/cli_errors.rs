@@ -238,3 +238,72 @@ fn flamegraph_bad_files() {
     ]);
     assert_fails_with(&out, "no sample type 'bogus'");
 }
+
+/// Runs qprof with `args` to completion and returns its exit status, its
+/// stderr and its peak resident memory in KiB (from the kernel, `wait4`).
+#[expect(
+    clippy::zombie_processes,
+    reason = "reaped with wait4, which also returns its rusage"
+)]
+fn run_measuring_rss(args: &[&str]) -> (i32, String, i64) {
+    let child = Command::new(qprof_bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning qprof: {e}"));
+    let pid = libc::pid_t::try_from(child.id()).unwrap_or_else(|e| panic!("pid: {e}"));
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap_or_default();
+    }
+    let mut status = 0;
+    // SAFETY: rusage is plain data the kernel fills; zeroed is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet reaped (its `Child` handle
+    // was consumed without waiting); both out-pointers are valid.
+    let reaped = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
+    assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+    (libc::WEXITSTATUS(status), stderr, usage.ru_maxrss)
+}
+
+/// A gzip bomb (1 GiB of zeros in ~1 MB, made by gzip itself) is refused
+/// with an error naming the cap, and `qprof flamegraph` peaks far below
+/// the gigabyte it would have taken (it used to take 1 GiB).
+#[test]
+fn flamegraph_refuses_gzip_bomb_in_bounded_memory() {
+    require_root();
+    let dir = TempDir::new("bomb");
+    let bomb = dir.join("bomb.pb.gz");
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 1073741824 /dev/zero | gzip -9 > '{}'",
+            bomb.display()
+        ))
+        .status()
+        .unwrap_or_else(|e| panic!("running gzip: {e}"));
+    assert!(made.success(), "gzip failed");
+    let size = std::fs::metadata(&bomb).map_or(0, |m| m.len());
+    assert!(size > 0 && size < 4 << 20, "bomb is {size} bytes");
+    let svg = dir.join("bomb.svg");
+    let (code, stderr, max_rss_kib) = run_measuring_rss(&[
+        "flamegraph",
+        &bomb.to_string_lossy(),
+        "-o",
+        &svg.to_string_lossy(),
+    ]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("larger than 256 MiB (268435456 bytes), the cap on inflated pprof data"),
+        "{stderr}"
+    );
+    assert!(!svg.exists(), "an SVG was written for a bomb");
+    // The file (~1 MB) + the 16 MiB one-pass buffer + the binary itself.
+    assert!(
+        max_rss_kib < 64 * 1024,
+        "qprof flamegraph peaked at {} MiB on a gzip bomb",
+        max_rss_kib / 1024
+    );
+    eprintln!("peak RSS on the bomb: {} MiB", max_rss_kib / 1024);
+}
