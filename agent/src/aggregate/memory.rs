@@ -304,7 +304,8 @@ mod tests {
     fn scaling_is_unbiased_in_expectation() {
         let (mean, size, n) = (524_288_u64, 4_096_u64, 1_000_000_u64);
         let expected_samples = n as f64 * sample_probability(size, mean);
-        let v = scaled_values(size, expected_samples.round() as u64, 0, mean);
+        let samples = expected_samples.round() as u64;
+        let v = scaled_values(size, samples, samples, mean);
         let rel = |got: i64, want: u64| (got as f64 - want as f64).abs() / want as f64;
         assert!(rel(v[0], n) < 1e-3, "{v:?}");
         assert!(rel(v[1], n * size) < 1e-3, "{v:?}");

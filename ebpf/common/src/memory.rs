@@ -42,9 +42,8 @@ pub const CONFIG_SLOTS: u32 = 1;
 pub const ALLOCS_CAPACITY: u32 = 65_536;
 /// Live sampled allocations tracked by address (LRU: when full the oldest
 /// is evicted; it no longer counts as in use, and the evictions are
-/// counted). At the default of one
-/// sample per 512 KiB this covers a 32 GiB live heap; ~6 MiB of kernel
-/// memory, preallocated by the LRU map.
+/// counted). At the default of one sample per 512 KiB this covers a 32 GiB
+/// live heap; ~6 MiB of kernel memory, preallocated by the LRU map.
 pub const LIVE_CAPACITY: u32 = 65_536;
 /// Threads inside an allocator call at once (LRU: a thread that dies inside
 /// `malloc` never returns and its entry must age out).

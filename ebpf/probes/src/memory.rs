@@ -261,8 +261,7 @@ pub fn on_free(ctx: &ProbeContext, ptr: u64) {
 fn retire(pid: u32, addr: u64) {
     add(Stat::Frees, 1);
     let live = LiveKey { pid, pad: 0, addr };
-    // SAFETY: the value is copied out at once; a concurrent delete can at
-    // worst make the copy stale, and the remove below decides who counts.
+    // One delete decides: of two CPUs racing on a double free, one counts.
     if MEM_LIVE.remove(live).is_err() {
         // Not tracked, or another CPU retired it first (a racing double free).
         add(Stat::FreesUntracked, 1);
