@@ -7,11 +7,13 @@
 //! * [`folded`]: Brendan Gregg's folded-stack text, the lingua franca of
 //!   flame graph tools.
 //! * [`flamegraph`]: interactive SVG flame graphs via inferno.
+//! * [`filter`]: narrowing a profile to some samples (e.g. one query's).
 //!
 //! The crate is pure (no I/O beyond the writers it is handed, no kernel or
 //! async dependencies) so it is fast to test and reusable offline.
 
 pub mod error;
+pub mod filter;
 pub mod flamegraph;
 pub mod folded;
 pub mod merge;

@@ -18,7 +18,8 @@ pub fn run(args: &FlamegraphArgs) -> anyhow::Result<()> {
     let mut profile = profiles::pprof::decode(&bytes)
         .with_context(|| format!("{} is not a readable pprof profile", args.input.display()))?;
     if let Some(query) = &args.query {
-        keep_query(&mut profile, query, &args.input)?;
+        profiles::filter::keep_query(&mut profile, query)
+            .with_context(|| format!("no samples in {}", args.input.display()))?;
     }
     let wanted = args.sample_type.clone().unwrap_or_else(|| {
         if profile.default_sample_type.is_empty() {
@@ -49,42 +50,6 @@ pub fn run(args: &FlamegraphArgs) -> anyhow::Result<()> {
         .with_context(|| format!("rendering {}", args.input.display()))?;
     files::write_private(&output, &svg)?;
     eprintln!("qprof: wrote {}", output.display());
-    Ok(())
-}
-
-/// Keeps only samples labelled `query=<id>`; an id that no sample has is
-/// an error that lists the ids the profile does have.
-fn keep_query(
-    profile: &mut profiles::Profile,
-    id: &str,
-    input: &std::path::Path,
-) -> anyhow::Result<()> {
-    let label_of = |s: &profiles::Sample| {
-        s.labels
-            .iter()
-            .find(|l| l.key == "query")
-            .and_then(|l| match &l.value {
-                profiles::LabelValue::Str(v) => Some(v.clone()),
-                profiles::LabelValue::Num { .. } => None,
-            })
-    };
-    let mut known: Vec<String> = profile.samples.iter().filter_map(label_of).collect();
-    known.sort();
-    known.dedup();
-    profile
-        .samples
-        .retain(|s| label_of(s).as_deref() == Some(id));
-    if profile.samples.is_empty() {
-        let hint = if known.is_empty() {
-            "it has no query labels (record it with `record cpu --by-query`)".to_owned()
-        } else {
-            format!("its queries are: {}", known.join(", "))
-        };
-        return Err(anyhow!(
-            "no samples in {} for query {id}; {hint}",
-            input.display()
-        ));
-    }
     Ok(())
 }
 

@@ -455,3 +455,6 @@ impl ModuleTable {
         i
     }
 }
+
+#[cfg(test)]
+mod tests;
