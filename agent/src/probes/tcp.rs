@@ -237,7 +237,7 @@ impl Component for TcpTracer {
 
     /// Refreshes the progress count (connections tracked) once a second.
     fn poll(&mut self) {
-        if self.polls % PROGRESS_EVERY_POLLS == 0 {
+        if self.polls.is_multiple_of(PROGRESS_EVERY_POLLS) {
             self.tracked = read::tracked(&self.ebpf);
         }
         self.polls = self.polls.wrapping_add(1);
