@@ -128,23 +128,20 @@ impl QueryTexts {
         {
             self.evict_one();
         }
-        let fingerprint = match self.fingerprints.get_mut(&normalized.id) {
-            Some(shared) => {
-                shared.ids += 1;
-                Arc::clone(&shared.fingerprint)
-            }
-            None => {
-                self.bytes += normalized.text.len();
-                let fingerprint = Arc::new(normalized);
-                self.fingerprints.insert(
-                    fingerprint.id,
-                    Shared {
-                        fingerprint: Arc::clone(&fingerprint),
-                        ids: 1,
-                    },
-                );
-                fingerprint
-            }
+        let fingerprint = if let Some(shared) = self.fingerprints.get_mut(&normalized.id) {
+            shared.ids += 1;
+            Arc::clone(&shared.fingerprint)
+        } else {
+            self.bytes += normalized.text.len();
+            let fingerprint = Arc::new(normalized);
+            self.fingerprints.insert(
+                fingerprint.id,
+                Shared {
+                    fingerprint: Arc::clone(&fingerprint),
+                    ids: 1,
+                },
+            );
+            fingerprint
         };
         self.bytes += raw.as_ref().map_or(0, |r| r.len());
         self.clock += 1;

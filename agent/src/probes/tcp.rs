@@ -237,7 +237,7 @@ impl Component for TcpTracer {
 
     /// Refreshes the progress count (connections tracked) once a second.
     fn poll(&mut self) {
-        if self.polls % PROGRESS_EVERY_POLLS == 0 {
+        if self.polls.is_multiple_of(PROGRESS_EVERY_POLLS) {
             self.tracked = read::tracked(&self.ebpf);
         }
         self.polls = self.polls.wrapping_add(1);
@@ -311,4 +311,79 @@ fn seed(ebpf: &mut Ebpf, scan: &proc_net::Scan) -> Result<u64, ProbeError> {
         }
     }
     Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+    use crate::aggregate::tcp::{Direction, TcpRow};
+
+    /// The outbound row of this process to `port`.
+    fn outbound(table: &TcpTable, port: u16) -> Option<TcpRow> {
+        let remote = format!("127.0.0.1:{port}");
+        table
+            .rows()
+            .into_iter()
+            .find(|r| r.direction == Direction::Outbound && r.remote == remote)
+    }
+
+    /// Writes `n` bytes and waits for a one-byte reply, so the bytes were
+    /// acknowledged and a segment came back (which moves a live
+    /// connection's window data).
+    fn exchange(client: &mut TcpStream, server: &mut TcpStream, n: usize) {
+        client.write_all(&vec![7u8; n]).expect("write");
+        let mut buf = vec![0u8; n];
+        server.read_exact(&mut buf).expect("read");
+        server.write_all(&[1]).expect("reply");
+        client.read_exact(&mut [0u8; 1]).expect("read reply");
+    }
+
+    /// Windows split the counts without losing or repeating any: connects
+    /// and closes land in the window they happened in, and the bytes of a
+    /// connection that spans windows add up to what it sent.
+    #[test]
+    #[ignore = "privileged: loads BPF programs (run as root with --ignored)"]
+    fn windows_neither_lose_nor_repeat() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut tracer = TcpTracer::start(&TcpOptions {
+            pids: vec![std::process::id()],
+        })
+        .expect("start (root?)");
+        for _ in 0..5 {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            let (mut s, _) = listener.accept().expect("accept");
+            exchange(&mut c, &mut s, 100);
+        }
+        std::thread::sleep(Duration::from_millis(50)); // closes complete
+        let first = tracer.snapshot().expect("snapshot 1");
+        let row = outbound(&first, port).expect("outbound row in window 1");
+        assert_eq!(
+            (row.connects, row.closes, row.bytes_sent),
+            (5, 5, Some(500))
+        );
+
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (mut s, _) = listener.accept().expect("accept");
+        exchange(&mut c, &mut s, 1_000);
+        let second = tracer.snapshot().expect("snapshot 2");
+        let row = outbound(&second, port).expect("outbound row in window 2");
+        assert_eq!((row.connects, row.closes, row.open), (1, 0, 1));
+        exchange(&mut c, &mut s, 2_000);
+        drop((c, s));
+        std::thread::sleep(Duration::from_millis(50));
+        let last = tracer.stop().expect("stop");
+        let row = outbound(&last, port).expect("outbound row in the last window");
+        assert_eq!((row.connects, row.closes), (0, 1));
+        let spanning = row.bytes_sent.unwrap_or(0)
+            + outbound(&second, port)
+                .and_then(|r| r.bytes_sent)
+                .unwrap_or(0);
+        assert_eq!(spanning, 3_000, "{row:?}");
+    }
 }

@@ -253,3 +253,72 @@ impl Component for QueryTracer {
         self.snapshot()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use qprof_common::queries::{DB_POSTGRES, DoneEvent, EVENT_DONE};
+
+    use super::*;
+    use crate::aggregate::fingerprint::id_hex;
+
+    fn done(text_id: u64) -> QueryEvent {
+        QueryEvent::Done(DoneEvent {
+            kind: EVENT_DONE,
+            db: DB_POSTGRES,
+            text_id,
+            pid: 9,
+            tid: 9,
+            latency_ns: 2_000,
+            rows: u64::MAX,
+            error: 0,
+            pad: 0,
+        })
+    }
+
+    fn text(text_id: u64, sql: &[u8]) -> QueryEvent {
+        QueryEvent::Text {
+            db: DB_POSTGRES,
+            text_id,
+            bytes: sql.to_vec(),
+            truncated: false,
+        }
+    }
+
+    /// A text learned in one window names its executions in later ones;
+    /// an id never sent is counted as unknown; the raw example is kept
+    /// only when opted in.
+    #[test]
+    fn texts_outlive_windows() {
+        for keep_raw in [false, true] {
+            let mut texts = QueryTexts::new(keep_raw);
+            let (mut first, mut n) = (QueryWindow::new(), 0);
+            ingest(
+                &mut texts,
+                &mut first,
+                &mut n,
+                text(5, b"SELECT 'a' FROM t"),
+            );
+            ingest(&mut texts, &mut first, &mut n, done(5));
+            let mut second = QueryWindow::new();
+            ingest(&mut texts, &mut second, &mut n, done(5));
+            ingest(&mut texts, &mut second, &mut n, done(6));
+            assert_eq!(n, 3);
+            assert_eq!(
+                (first.counters.executions, first.counters.unknown_text),
+                (1, 0)
+            );
+            assert_eq!(
+                (second.counters.executions, second.counters.unknown_text),
+                (2, 1)
+            );
+            let rows = second.table.rows();
+            let fp = normalize(b"SELECT ? FROM t");
+            let named = rows.iter().find(|r| r.fingerprint_id == id_hex(fp.id));
+            assert_eq!(named.map(|r| r.calls), Some(1), "{rows:?}");
+            let unknown = normalize(b"<text not captured>").text;
+            assert!(rows.iter().any(|r| r.fingerprint == unknown), "{rows:?}");
+            let example = second.examples.get(&fp.id).map(String::as_str);
+            assert_eq!(example, keep_raw.then_some("SELECT 'a' FROM t"));
+        }
+    }
+}

@@ -136,18 +136,18 @@ pub fn read_live(ebpf: &Ebpf, table: &mut TcpTable, leftovers: bool) -> Result<(
             table.add_open(row.clone());
         }
         if leftovers {
-            add_leftovers(table, row, &info);
+            add_leftovers(table, &row, &info);
         }
     }
     Ok(())
 }
 
-fn add_leftovers(table: &mut TcpTable, row: Peer, info: &SockInfo) {
+fn add_leftovers(table: &mut TcpTable, row: &Peer, info: &SockInfo) {
     if info.flags & SOCK_PROBED != 0 {
         table.add_bytes_sent(row.clone(), info.bytes_sent);
     }
     if info.flags & SOCK_BASES != 0 && info.flags & SOCK_RECEIVED != 0 {
-        let received = info.received_last.wrapping_sub(info.received_base);
+        let received = info.received_last.saturating_sub(info.received_base);
         table.add_bytes_received(row.clone(), received);
     }
     for (&bucket, &count) in info.rtt_buckets.iter().zip(&info.rtt_counts) {
