@@ -18,9 +18,10 @@ use aya::{
     programs::{RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use qprof_common::syscalls::{
-    DEFAULT_SAMPLE_EVERY, MAP_COMMS, MAP_CONFIG, MAP_COUNTS, MAP_ERRNOS, MAP_INFLIGHT,
-    MAP_SAMPLE_LOST, MAP_SAMPLE_SLOTS, MAP_STATS, MAP_TARGET_NRS, MAP_TARGET_PIDS,
-    SAMPLED_STATS_CAPACITY, SysConfig, SysCounts, SysErrKey, SysKey, SysStats,
+    COUNT_CACHE_SLOTS, CountSlot, DEFAULT_SAMPLE_EVERY, MAP_COMMS, MAP_CONFIG, MAP_COUNT_CACHE,
+    MAP_COUNTS, MAP_ERRNOS, MAP_INFLIGHT, MAP_SAMPLE_LOST, MAP_SAMPLE_SLOTS, MAP_STATS,
+    MAP_TARGET_NRS, MAP_TARGET_PIDS, SAMPLED_STATS_CAPACITY, SysConfig, SysCounts, SysErrKey,
+    SysKey, SysStats,
 };
 
 use super::{
@@ -78,10 +79,11 @@ impl SyscallMode {
     fn unused_maps(self) -> &'static [&'static str] {
         match self {
             Self::Counts { .. } => &[MAP_INFLIGHT],
-            Self::Full => &[MAP_COUNTS, MAP_SAMPLE_SLOTS],
+            Self::Full => &[MAP_COUNTS, MAP_COUNT_CACHE, MAP_SAMPLE_SLOTS],
             Self::Floor => &[
                 MAP_INFLIGHT,
                 MAP_COUNTS,
+                MAP_COUNT_CACHE,
                 MAP_SAMPLE_SLOTS,
                 MAP_STATS,
                 MAP_ERRNOS,
@@ -195,6 +197,7 @@ impl SyscallTracer {
         }
         let counted = matches!(self.mode, SyscallMode::Counts { .. });
         if counted {
+            drain_count_cache(&mut self.ebpf, u32::from(generation), &mut table)?;
             drain::<SysKey, SysCounts>(
                 &mut self.ebpf,
                 MAP_COUNTS,
@@ -291,6 +294,33 @@ fn drain<K: Pod, V: Pod>(
             add(key, &values);
         }
         hash.remove(key).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+/// Reads and clears `generation`'s half of the per-CPU call-count cache
+/// (no program writes it after the generation flip).
+fn drain_count_cache(
+    ebpf: &mut Ebpf,
+    generation: u32,
+    table: &mut SyscallTable,
+) -> Result<(), ProbeError> {
+    let name = MAP_COUNT_CACHE;
+    let mut cache: PerCpuArray<_, CountSlot> =
+        PerCpuArray::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+    let first = (generation & 1) * COUNT_CACHE_SLOTS;
+    for index in first..first + COUNT_CACHE_SLOTS {
+        let values = cache.get(&index, 0).map_err(map_err(name))?;
+        if values.iter().all(|slot| slot.calls == 0) {
+            continue;
+        }
+        for slot in values.iter().filter(|slot| slot.calls != 0) {
+            table.add_counts(slot.pid, slot.nr, slot.calls, 0);
+        }
+        // Same length as what the kernel just gave, so this cannot fail.
+        let zeros = PerCpuValues::try_from(vec![CountSlot::default(); values.len()])
+            .map_err(ProbeError::OnlineCpus)?;
+        cache.set(index, zeros, 0).map_err(map_err(name))?;
     }
     Ok(())
 }

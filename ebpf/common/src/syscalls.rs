@@ -3,7 +3,8 @@
 //!
 //! Two modes share these maps (each loaded object runs one of them):
 //! - **counts** (the agent's always-on default): exact calls and errors per
-//!   (pid, syscall) counted on enter in `SYS_COUNTS`, and the latency of a
+//!   (pid, syscall) counted on enter in a per-CPU cache (`SYS_COUNT_CACHE`,
+//!   spilling into `SYS_COUNTS`) and on failing exits, and the latency of a
 //!   sample of calls (about 1 in `SysConfig::sample_every` per CPU) in
 //!   `SYS_STATS`, timed through a per-thread slot of `SYS_SAMPLE_SLOTS`;
 //! - **full** (`record syscalls`, on-demand captures): exact calls and
@@ -24,6 +25,7 @@ pub const MAP_INFLIGHT: &str = "SYS_INFLIGHT";
 pub const MAP_SAMPLE_SLOTS: &str = "SYS_SAMPLE_SLOTS";
 pub const MAP_SAMPLE_TICK: &str = "SYS_SAMPLE_TICK";
 pub const MAP_SAMPLE_LOST: &str = "SYS_SAMPLE_LOST";
+pub const MAP_COUNT_CACHE: &str = "SYS_COUNT_CACHE";
 pub const MAP_COMMS: &str = "SYS_COMMS";
 pub const MAP_TARGET_PIDS: &str = "SYS_TARGET_PIDS";
 pub const MAP_TARGET_NRS: &str = "SYS_TARGET_NRS";
@@ -43,6 +45,40 @@ pub const SAMPLED_STATS_CAPACITY: u32 = 4_096;
 /// Distinct (pid, syscall) pairs with exact counts, per window (16 bytes per
 /// CPU each: 256 KiB per CPU), as many as `STATS_CAPACITY` for the same reason.
 pub const COUNTS_CAPACITY: u32 = 16_384;
+/// Slots per generation of the per-CPU call-count cache (counts mode),
+/// direct-mapped by a hash of (pid, nr). A call whose pair holds its slot
+/// costs an array lookup instead of a hash lookup; a pair that finds its slot
+/// taken moves the holder's count into `SYS_COUNTS` and takes it. 1,024
+/// slots hold the busy pairs of one CPU (a syscall-heavy process makes a
+/// handful of distinct syscalls); 16 KiB per generation per CPU.
+pub const COUNT_CACHE_SLOTS: u32 = 1_024;
+
+/// Slot index in `SYS_COUNT_CACHE` for (pid, nr) in `generation` (0 or 1).
+#[must_use]
+#[expect(
+    clippy::inline_always,
+    reason = "called from BPF programs, where it must be inlined"
+)]
+#[inline(always)]
+pub const fn count_cache_index(pid: u32, nr: u32, generation: u32) -> u32 {
+    // Fibonacci hashing: the top bits of the product mix every input bit.
+    let mixed = (pid ^ (nr << 22) ^ (nr >> 10)).wrapping_mul(0x9E37_79B9);
+    (generation & 1) * COUNT_CACHE_SLOTS + (mixed >> (32 - COUNT_CACHE_BITS))
+}
+const COUNT_CACHE_BITS: u32 = 10;
+const _: () = assert!(1 << COUNT_CACHE_BITS == COUNT_CACHE_SLOTS);
+
+/// A slot of `SYS_COUNT_CACHE` (per CPU): `calls` calls of (pid, nr) not yet
+/// moved to `SYS_COUNTS`; `calls == 0` means free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CountSlot {
+    pub pid: u32,
+    pub nr: u32,
+    pub calls: u64,
+}
+const _: () = assert!(core::mem::size_of::<CountSlot>() == 16);
+
 /// Distinct (pid, syscall, errno) triples.
 pub const ERRNOS_CAPACITY: u32 = 8_192;
 /// Threads inside a syscall at once (full mode). LRU: a thread that dies
@@ -179,4 +215,6 @@ mod pod {
     unsafe impl aya::Pod for super::SysConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Inflight {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CountSlot {}
 }

@@ -4,8 +4,10 @@
 //!   nr) per thread in `SYS_INFLIGHT`; on exit add the latency to this
 //!   CPU's (pid, nr) statistics. Three hash lookups and two clock reads a call.
 //! - **counts** (`sys_count_enter`/`sys_count_exit` below, the agent's
-//!   always-on default): on enter one per-CPU hash lookup counts the call,
-//!   and a per-CPU countdown picks about one call in `sample_every` to time;
+//!   always-on default): on enter the call is counted in this CPU's cache
+//!   slot for its (pid, nr) (an array lookup; a hash lookup only when the
+//!   pair is new to the slot), and a per-CPU countdown picks about one call
+//!   in `sample_every` to time;
 //!   on exit an array lookup checks this thread's sample slot, and only a
 //!   failed call (errno) or a sampled one does more.
 //!
@@ -27,9 +29,9 @@ use qprof_common::{
     counters::Counter,
     hist::bucket_of,
     syscalls::{
-        COMMS_CAPACITY, COUNTS_CAPACITY, ERRNOS_CAPACITY, INFLIGHT_CAPACITY, INLINE_PIDS, Inflight,
-        MAX_SYSCALL_NR, SAMPLE_SLOTS, STATS_CAPACITY, SysConfig, SysCounts, SysErrKey, SysKey,
-        SysStats, TARGET_PIDS_CAPACITY,
+        COMMS_CAPACITY, COUNT_CACHE_SLOTS, COUNTS_CAPACITY, CountSlot, ERRNOS_CAPACITY,
+        INFLIGHT_CAPACITY, INLINE_PIDS, Inflight, MAX_SYSCALL_NR, SAMPLE_SLOTS, STATS_CAPACITY,
+        SysConfig, SysCounts, SysErrKey, SysKey, SysStats, TARGET_PIDS_CAPACITY, count_cache_index,
     },
 };
 
@@ -42,6 +44,12 @@ static SYS_STATS: PerCpuHashMap<SysKey, SysStats> =
 #[map(name = "SYS_COUNTS")]
 static SYS_COUNTS: PerCpuHashMap<SysKey, SysCounts> =
     PerCpuHashMap::with_max_entries(COUNTS_CAPACITY, 0);
+
+/// Per CPU, two generations of `COUNT_CACHE_SLOTS` slots: userspace reads
+/// and clears the previous generation's half while calls fill the other.
+#[map(name = "SYS_COUNT_CACHE")]
+static SYS_COUNT_CACHE: PerCpuArray<CountSlot> =
+    PerCpuArray::with_max_entries(2 * COUNT_CACHE_SLOTS, 0);
 
 #[map(name = "SYS_ERRNOS")]
 static SYS_ERRNOS: PerCpuHashMap<SysErrKey, u64> =
@@ -149,16 +157,7 @@ fn count_enter(ctx: &RawTracePointContext) {
     if !wanted(config, pid, nr) {
         return;
     }
-    let key = SysKey {
-        pid,
-        nr: nr as u16,
-        generation: config.generation as u16,
-    };
-    if let Some(counts) = counts_slot(&key) {
-        // SAFETY: this CPU's slot of a live map value; BPF programs on one
-        // CPU do not preempt each other.
-        unsafe { (*counts).calls += 1 };
-    }
+    count_call(pid, nr, config.generation);
     let Some(tick) = SYS_SAMPLE_TICK.get_ptr_mut(0) else {
         return;
     };
@@ -187,6 +186,42 @@ const NR_EXIT_GROUP: u32 = 231;
 /// died inside the call (a kill, an `execve` that changed its tid), or is in
 /// a very long wait whose one sample is then given up.
 const SLOT_STALE_NS: u64 = 10_000_000_000;
+
+/// One call of (pid, nr): in this CPU's cache slot for the pair when it
+/// holds it; otherwise the holder's calls move to `SYS_COUNTS` and the pair
+/// takes the slot.
+#[inline(always)]
+fn count_call(pid: u32, nr: u32, generation: u32) {
+    let index = core::hint::black_box(count_cache_index(pid, nr, generation));
+    let Some(slot) = SYS_COUNT_CACHE.get_ptr_mut(index) else {
+        return;
+    };
+    // SAFETY: this CPU's element of a per-CPU array; BPF programs on one CPU
+    // do not preempt each other.
+    let slot = unsafe { &mut *slot };
+    if slot.calls != 0 && slot.pid == pid && slot.nr == nr {
+        slot.calls += 1;
+        return;
+    }
+    if slot.calls != 0 {
+        let evicted = SysKey {
+            pid: slot.pid,
+            nr: slot.nr as u16,
+            generation: generation as u16,
+        };
+        if let Some(counts) = counts_slot(&evicted, false) {
+            // SAFETY: this CPU's slot of a live map value; no preemption.
+            unsafe { (*counts).calls += slot.calls };
+        }
+    } else if SYS_COMMS.get_ptr(&pid).is_none() {
+        // A pair new on this CPU in this window, of a process not named
+        // yet: the current task is that process, so name it now.
+        remember_comm(pid);
+    }
+    slot.pid = pid;
+    slot.nr = nr;
+    slot.calls = 1;
+}
 
 /// Claims this thread's sample slot for the call now entering.
 #[inline(always)]
@@ -268,8 +303,8 @@ fn count_error(ctx: &RawTracePointContext, config: &SysConfig, pid: u32, errno: 
         nr: nr as u16,
         generation: config.generation as u16,
     };
-    if let Some(counts) = counts_slot(&key) {
-        // SAFETY: as in count_enter.
+    if let Some(counts) = counts_slot(&key, true) {
+        // SAFETY: this CPU's slot of a live map value; no preemption.
         unsafe { (*counts).errors += 1 };
     }
     count_errno(SysErrKey {
@@ -281,10 +316,11 @@ fn count_error(ctx: &RawTracePointContext, config: &SysConfig, pid: u32, errno: 
     });
 }
 
-/// This CPU's counts for `key`, creating the entry (and remembering the
-/// process name, for processes that exit before the window is read).
+/// This CPU's counts for `key`, creating the entry (and, when the current
+/// task is `key.pid`, remembering its name, for processes that exit before
+/// the window is read).
 #[inline(always)]
-fn counts_slot(key: &SysKey) -> Option<*mut SysCounts> {
+fn counts_slot(key: &SysKey, current: bool) -> Option<*mut SysCounts> {
     if let Some(ptr) = SYS_COUNTS.get_ptr_mut(key) {
         return Some(ptr);
     }
@@ -292,6 +328,7 @@ fn counts_slot(key: &SysKey) -> Option<*mut SysCounts> {
     if SYS_COUNTS
         .insert(key, &zero, u64::from(BPF_NOEXIST))
         .is_ok()
+        && current
     {
         remember_comm(key.pid);
     }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench ...`: each benchmark runs qprof and a named peer side
 //! by side in one run and reports ratios (results go to BENCHMARKS.md).
 
+mod agent;
 mod cpu;
 mod cpu_report;
 mod cpu_runs;
@@ -20,6 +21,16 @@ use clap::Subcommand;
 
 #[derive(Subcommand, Clone, Copy)]
 pub enum Which {
+    /// What `qprof agent`'s defaults cost the host (all parts, or one).
+    Agent {
+        /// Only this part.
+        #[arg(value_enum)]
+        part: Option<agent::Part>,
+        /// How many times each condition runs (interleaved; medians are
+        /// reported, since the machine is noisy).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// CPU profiling: fixture slowdown and qprof's own cost vs perf.
     Cpu {
         /// Length of each measured window (the fixture's run, and the part of
@@ -48,6 +59,7 @@ pub enum Which {
 
 pub fn run(which: &Which) -> anyhow::Result<ExitCode> {
     match *which {
+        Which::Agent { part, rounds } => agent::run(part, rounds),
         Which::Cpu { seconds, rounds } => cpu::run(seconds, rounds),
         Which::Syscalls => syscalls::run(),
         Which::Offcpu => offcpu::run(),
