@@ -23,6 +23,10 @@ pub const MAX_PROGRAMS: usize = 64;
 /// Capture kinds and stores named by the agent (six kinds, two stores).
 pub const MAX_KINDS: usize = 16;
 
+/// Sources of cumulative loss totals (one per loaded BPF object): each
+/// capability loads at most one, 16 leaves room.
+pub const MAX_SOURCES: usize = 16;
+
 /// Label bytes of a cause, map, program, kind or store name.
 const NAME_BYTES: usize = 64;
 
@@ -138,6 +142,9 @@ pub struct Health {
     pub captures: BTreeMap<String, u64>,
     /// store -> bytes on disk.
     pub stores: BTreeMap<String, u64>,
+    /// source -> cause -> the last cumulative total seen, to add only
+    /// what grew since ([`Health::add_lost_totals`]).
+    last_totals: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl Default for Health {
@@ -155,6 +162,7 @@ impl Default for Health {
             windows_written: 0,
             captures: BTreeMap::new(),
             stores: BTreeMap::new(),
+            last_totals: BTreeMap::new(),
         }
     }
 }
@@ -174,6 +182,27 @@ fn slot<'m, V: Default>(map: &'m mut BTreeMap<String, V>, name: &str, cap: usize
 impl Health {
     pub fn add_lost(&mut self, cause: &str, n: u64) {
         *slot(&mut self.lost, cause, MAX_CAUSES) += n;
+    }
+
+    /// Adds what grew since the last call for `source` (e.g. one BPF
+    /// object's `DROP_COUNTERS`, which are cumulative and never reset). A
+    /// total below the last one means the source was reloaded: all of it
+    /// is new.
+    pub fn add_lost_totals(&mut self, source: &str, totals: &[(&str, u64)]) {
+        let last = slot(&mut self.last_totals, source, MAX_SOURCES);
+        let mut deltas = Vec::with_capacity(totals.len());
+        for &(cause, total) in totals {
+            let seen = last.entry(label_value(cause, NAME_BYTES)).or_default();
+            deltas.push((cause, total.checked_sub(*seen).unwrap_or(total)));
+            *seen = total;
+        }
+        // Bound the per-source map like the causes themselves.
+        while last.len() > MAX_CAUSES {
+            last.pop_last();
+        }
+        for (cause, n) in deltas {
+            self.add_lost(cause, n);
+        }
     }
 
     pub fn set_map(&mut self, map: &str, entries: u64, capacity: u64) {
@@ -239,6 +268,18 @@ mod tests {
         assert_eq!(p.name, "sys_enter");
         assert!(p.run_count >= 1_000, "{p:?}");
         assert!(p.run_time > Duration::ZERO, "{p:?}");
+    }
+
+    /// Cumulative totals become deltas per source; a smaller total (a
+    /// reloaded object) counts whole; sources do not mix.
+    #[test]
+    fn totals_become_deltas() {
+        let mut h = Health::default();
+        for total in [5, 8, 8, 3] {
+            h.add_lost_totals("queries", &[("query_map_full", total)]);
+        }
+        h.add_lost_totals("cpu", &[("query_map_full", 4)]);
+        assert_eq!(h.lost.get("query_map_full"), Some(&(5 + 3 + 3 + 4)));
     }
 
     /// Named causes beyond the cap fold into "other"; every kernel counter

@@ -63,7 +63,12 @@ impl HostSampler {
         self.sys.refresh_processes_specifics(
             ProcessesToUpdate::All,
             true,
-            ProcessRefreshKind::nothing().with_cpu().with_memory(),
+            ProcessRefreshKind::nothing()
+                .with_cpu()
+                .with_memory()
+                // Threads would be listed as processes of their own (and
+                // walked: /proc/PID/task of every process).
+                .without_tasks(),
         );
         HostSnapshot {
             cpu_usage_ratio: f64::from(self.sys.global_cpu_usage() / 100.0).clamp(0.0, 1.0),
@@ -81,7 +86,8 @@ impl HostSampler {
             .sys
             .processes()
             .iter()
-            // Threads are listed as processes by sysinfo on Linux; skip them.
+            // Kernel threads (and user threads, were tasks listed) are not
+            // processes a user can act on.
             .filter(|(_, p)| p.thread_kind().is_none())
             .map(|(pid, p)| (p.cpu_usage(), p.memory(), pid.as_u32()))
             .collect();
@@ -119,7 +125,14 @@ mod tests {
         let Ok(mut s) = HostSampler::new(500) else {
             panic!("sysinfo");
         };
+        let _ = s.sample();
+        let start = std::time::Instant::now();
         let snap = s.sample();
+        eprintln!(
+            "host sample: {:?}, {} processes listed",
+            start.elapsed(),
+            snap.processes.len()
+        );
         assert!(
             snap.memory_total_bytes > 0 && snap.memory_available_bytes <= snap.memory_total_bytes
         );

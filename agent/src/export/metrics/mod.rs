@@ -173,6 +173,12 @@ impl Metrics {
         }
     }
 
+    /// Adds what grew since the last call for `source` of its cumulative
+    /// loss totals (`probes::drop_counters` of one BPF object).
+    pub fn add_lost_totals(&self, source: &str, totals: &[(&str, u64)]) {
+        self.state().health.add_lost_totals(source, totals);
+    }
+
     /// Entries and capacity of a BPF map, as of the last window.
     pub fn set_map_fill(&self, map: &str, entries: u64, capacity: u64) {
         self.state().health.set_map(map, entries, capacity);
