@@ -59,7 +59,7 @@ fn base_command_lines_parse() {
         Command::Flamegraph(args) => {
             assert_eq!(args.query.as_deref(), Some("00112233aabbccdd"));
         }
-        other @ Command::Record(_) => panic!("{other:?}"),
+        other => panic!("{other:?}"),
     }
 }
 

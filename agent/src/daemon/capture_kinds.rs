@@ -20,8 +20,8 @@ use crate::{
         cpu::{CpuConfig, CpuSampler},
         memory::{MemoryConfig, MemoryProfiler},
         offcpu::{OffcpuOptions, OffcpuProfiler},
-        queries::{QueryOptions, QueryTracer},
         process_maps::ProcessMaps,
+        queries::{QueryOptions, QueryTracer},
         syscalls::{SyscallConfig, SyscallMode, SyscallTracer},
         tcp::{TcpOptions, TcpTracer},
     },
@@ -104,7 +104,16 @@ pub fn run(
             let snap = record::<MemoryProfiler>(shared, &config, duration)?;
             meta.drops = owned(&snap.drops);
             meta.counts.push(("sampled".into(), snap.stats.sampled));
-            write_profile(shared, meta, "memory", &snap.stacks, &snap.maps, &SAMPLE_TYPES, 1, INUSE_SPACE)
+            write_profile(
+                shared,
+                meta,
+                "memory",
+                &snap.stacks,
+                &snap.maps,
+                &SAMPLE_TYPES,
+                1,
+                INUSE_SPACE,
+            )
         }
         CaptureKind::Queries => {
             let options = QueryOptions {

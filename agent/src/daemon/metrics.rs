@@ -20,7 +20,10 @@ const TOP_PROCESSES: usize = 20;
 pub fn encode(shared: &Shared, accept: Option<&str>) -> (&'static str, String) {
     match shared.metrics.encode(accept) {
         Ok(pair) => pair,
-        Err(e) => ("text/plain; charset=utf-8", format!("# encoding failed: {e}\n")),
+        Err(e) => (
+            "text/plain; charset=utf-8",
+            format!("# encoding failed: {e}\n"),
+        ),
     }
 }
 

@@ -124,7 +124,7 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             options,
             |s, window, span| {
                 s.metrics.observe_queries(&window.table);
-            if let Ok(mut all) = s.queries.lock() {
+                if let Ok(mut all) = s.queries.lock() {
                     all.merge(&window.table);
                 }
                 for w in &window.warnings {
@@ -143,8 +143,8 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             SyscallConfig::default(),
             |s, table, span| {
                 s.metrics.observe_syscalls(&table);
-            s.metrics.add_lost(table.drops.iter().copied());
-            let result = write_json(s, span, "syscalls.json", &table.rows());
+                s.metrics.add_lost(table.drops.iter().copied());
+                let result = write_json(s, span, "syscalls.json", &table.rows());
                 count_write(s, result.map_err(|e| e.to_string()), "syscalls");
             },
         );
@@ -157,7 +157,7 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             TcpOptions::default(),
             |s, table, span| {
                 s.metrics.observe_tcp(&table);
-            let result = write_json(s, span, "tcp.json", &table.rows());
+                let result = write_json(s, span, "tcp.json", &table.rows());
                 count_write(s, result.map_err(|e| e.to_string()), "tcp");
             },
         );
