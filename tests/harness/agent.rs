@@ -232,19 +232,38 @@ impl AgentRun {
     }
 }
 
-/// `bpftool prog show` lines saying that process `pid` holds a BPF
-/// program (`pids qprof(PID)`): one per program it has loaded.
+/// Ids of the BPF programs process `pid` holds, from the `prog_id:` line
+/// of each of its file descriptors' fdinfo (bpftool here cannot name the
+/// holders of a program).
 #[must_use]
-pub fn loaded_programs_of(pid: u32) -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .unwrap_or_else(|e| panic!("bpftool: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let needle = format!("qprof({pid})");
-    text.lines()
-        .filter(|l| l.contains("pids ") && l.contains(&needle))
-        .map(str::to_owned)
+pub fn held_programs(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse().ok()))
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Those of `ids` the kernel still has loaded (`bpftool prog show id N`).
+#[must_use]
+pub fn still_loaded(ids: &[u32]) -> Vec<u32> {
+    ids.iter()
+        .copied()
+        .filter(|id| {
+            Command::new("bpftool")
+                .args(["prog", "show", "id", &id.to_string()])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
         .collect()
 }
 
