@@ -209,7 +209,10 @@ fn query_values_accumulate() {
 /// lost, and the whole scrape holds well over 1,000 series.
 #[test]
 fn queries_capped() {
-    let m = Metrics::default();
+    let m = Metrics::new(MetricsConfig {
+        top_queries: 200,
+        ..MetricsConfig::default()
+    });
     m.observe_queries(&query_window(1_500));
     let all = samples(&openmetrics(&m));
     let counts: Vec<&Sample> = all
