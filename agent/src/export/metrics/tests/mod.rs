@@ -512,7 +512,7 @@ fn series_stay_monotonic_under_churn() {
                 Db::Sqlite,
                 &q,
                 1_000 * (rank + 1).pow(2),
-                k % 7 == 0,
+                k.is_multiple_of(7),
                 Some(1),
                 1,
             );
