@@ -7,7 +7,10 @@
 //! therefore keeps its series until a newcomer beats it clearly, and the
 //! ranking is by a decayed score (total time or events, decayed by
 //! [`DECAY`] per window) so that yesterday's heavy hitter eventually yields
-//! to today's. Admission is decided *before* a window's data is added: an
+//! to today's. Keys without a series keep a score too (in a bounded shadow
+//! table), so a newcomer is compared with an incumbent on the same
+//! footing: both are decayed sums over the windows, not one window against
+//! many. Admission is decided *before* a window's data is added: an
 //! evicted key's window goes to "other", which therefore never loses data
 //! and never goes backwards; the evicted series just stops (its past stays
 //! in Prometheus).
@@ -26,6 +29,11 @@ pub const DECAY: f64 = 0.9;
 /// of equal weight would swap series every window, each swap a reset.
 pub const HYSTERESIS: f64 = 2.0;
 
+/// Untracked keys whose score is kept, per series of the cap: enough to
+/// remember the keys just below the cut (the ones that could take a
+/// place), not every key ever seen.
+pub const SHADOW_PER_SERIES: usize = 4;
+
 #[derive(Debug)]
 struct Tracked<V> {
     value: V,
@@ -39,6 +47,9 @@ struct Tracked<V> {
 pub struct Capped<K, V> {
     cap: usize,
     series: HashMap<K, Tracked<V>>,
+    /// Decayed scores of keys without a series, at most
+    /// `SHADOW_PER_SERIES × cap`, the best kept.
+    shadow: HashMap<K, f64>,
     other: BTreeMap<K, V>,
     evicted: u64,
 }
@@ -49,6 +60,7 @@ impl<K: Eq + Hash + Ord + Clone, V: Default> Capped<K, V> {
         Self {
             cap,
             series: HashMap::new(),
+            shadow: HashMap::new(),
             other: BTreeMap::new(),
             evicted: 0,
         }
@@ -67,24 +79,27 @@ impl<K: Eq + Hash + Ord + Clone, V: Default> Capped<K, V> {
         for t in self.series.values_mut() {
             t.score *= DECAY;
         }
-        let mut candidates: Vec<(f64, &K)> = Vec::new();
+        for s in self.shadow.values_mut() {
+            *s *= DECAY;
+        }
         for (k, w) in &items {
             match self.series.get_mut(k) {
                 Some(t) => t.score += score(w),
-                None => candidates.push((score(w), k)),
+                None => *self.shadow.entry(k.clone()).or_default() += score(w),
             }
         }
-        candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-        let mut candidates = candidates.into_iter().peekable();
+        let mut candidates: Vec<(f64, K)> = self.shadow.drain().map(|(k, s)| (s, k)).collect();
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let mut candidates = candidates.into_iter();
         while self.series.len() < self.cap {
             let Some((s, k)) = candidates.next() else {
                 break;
             };
-            self.admit(k.clone(), s);
+            self.admit(k, s);
         }
-        if candidates.peek().is_some() {
-            self.displace(candidates);
-        }
+        let rest = self.displace(candidates);
+        let keep = self.cap.saturating_mul(SHADOW_PER_SERIES);
+        self.shadow = rest.into_iter().take(keep).map(|(s, k)| (k, s)).collect();
         for (k, w) in items {
             match self.series.get_mut(&k) {
                 Some(t) => add(&mut t.value, &k, w),
@@ -104,29 +119,32 @@ impl<K: Eq + Hash + Ord + Clone, V: Default> Capped<K, V> {
     }
 
     /// Newcomers (best first) take the places of the weakest series they
-    /// beat by [`HYSTERESIS`].
-    fn displace<'k>(&mut self, candidates: impl Iterator<Item = (f64, &'k K)>)
-    where
-        K: 'k,
-    {
+    /// beat by [`HYSTERESIS`]; returns the keys left without a series
+    /// (best first), the evicted ones included.
+    fn displace(&mut self, candidates: impl Iterator<Item = (f64, K)>) -> Vec<(f64, K)> {
         let mut weakest: Vec<(f64, K)> = self
             .series
             .iter()
             .map(|(k, t)| (t.score, k.clone()))
             .collect();
         weakest.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
-        let mut weakest = weakest.into_iter();
+        let mut weakest = weakest.into_iter().peekable();
+        let mut rest = Vec::new();
         for (s, k) in candidates {
-            let Some((ws, wk)) = weakest.next() else {
-                break;
-            };
-            if s <= ws * HYSTERESIS || s <= 0.0 {
-                break;
+            match weakest.peek() {
+                Some((ws, _)) if s > 0.0 && s > ws * HYSTERESIS => {
+                    if let Some((ws, wk)) = weakest.next() {
+                        self.series.remove(&wk);
+                        self.evicted += 1;
+                        rest.push((ws, wk));
+                    }
+                    self.admit(k, s);
+                }
+                _ => rest.push((s, k)),
             }
-            self.series.remove(&wk);
-            self.evicted += 1;
-            self.admit(k.clone(), s);
         }
+        rest.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        rest
     }
 
     /// Tracked series in key order (deterministic output).
@@ -219,6 +237,26 @@ mod tests {
             "2's window went to other"
         );
         assert_eq!(c.get(&1), Some(&200));
+    }
+
+    /// The shadow scores of untracked keys stay bounded however many keys
+    /// pass, and a key just below the cut that keeps coming takes a place
+    /// once an incumbent has gone quiet.
+    #[test]
+    fn shadow_bounded_and_patient() {
+        let mut c = Capped::new(2);
+        feed(&mut c, &[(1, 100), (2, 100)]);
+        for w in 0..20u32 {
+            let burst: Vec<(u32, u64)> = (0..1_000).map(|i| (1_000 + w * 1_000 + i, 1)).collect();
+            feed(&mut c, &burst);
+            assert!(c.shadow.len() <= 2 * SHADOW_PER_SERIES);
+        }
+        // 3 comes at 60 a window, 1 stays at 100, 2 has gone quiet: after a
+        // few windows 3's decayed sum is over twice 2's.
+        for _ in 0..6 {
+            feed(&mut c, &[(1, 100), (3, 60)]);
+        }
+        assert!(c.get(&3).is_some() && c.get(&1).is_some() && c.get(&2).is_none());
     }
 
     /// A zero cap sends everything to "other".

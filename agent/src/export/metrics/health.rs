@@ -102,6 +102,16 @@ pub fn bpf_program_stats(ours: &[(u32, String)]) -> BpfStats {
     }
 }
 
+/// (kernel id, name) of every loaded program of `ebpf`, as
+/// [`bpf_program_stats`] takes them; programs not loaded (a capability
+/// that is off) have no id and are left out.
+#[must_use]
+pub fn program_ids(ebpf: &aya::Ebpf) -> Vec<(u32, String)> {
+    ebpf.programs()
+        .filter_map(|(name, p)| Some((p.info().ok()?.id(), name.to_owned())))
+        .collect()
+}
+
 /// The agent's CPU time (user + system) and resident set, read at scrape
 /// time: one `getrusage` and one small procfs read.
 #[must_use]
@@ -250,8 +260,10 @@ mod tests {
             .try_into()
             .expect("raw tracepoint");
         prog.load().expect("load");
-        let id = prog.info().expect("info").id();
         let _link = prog.attach("sys_enter").expect("attach");
+        let ids = program_ids(&ebpf);
+        assert_eq!(ids.len(), 1, "only the loaded program has an id: {ids:?}");
+        let id = ids[0].0;
         let before = bpf_program_stats(&[(id, "sys_enter".into())]);
         let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable stats");
         for _ in 0..1_000 {

@@ -14,18 +14,22 @@
 //!
 //! | family | labels |
 //! | --- | --- |
-//! | `qprof_query_duration_seconds` (histogram), `qprof_query_errors_total`, `qprof_query_rows_total` | db, `fingerprint_id` |
+//! | `qprof_query_duration_seconds` (histogram), `qprof_query_errors_total`, `qprof_query_rows_total` | db, `fingerprint_id` (16 hex digits, or "other") |
 //! | `qprof_query_info` | db, `fingerprint_id`, fingerprint |
-//! | `qprof_syscall_calls_total`, `qprof_syscall_duration_seconds` (histogram) | comm, syscall |
+//! | `qprof_syscall_calls_total`, `qprof_syscall_duration_seconds` (histogram of the timed calls) | comm, syscall |
 //! | `qprof_syscall_errors_total` | comm, syscall, errno |
 //! | `qprof_tcp_rtt_seconds`, `qprof_tcp_connect_duration_seconds` (histograms), `qprof_tcp_retransmits_total`, `qprof_tcp_resets_total` | remote, comm |
-//! | `qprof_host_*`, `qprof_process_cpu_seconds_total`, `qprof_process_resident_memory_bytes` | pid, comm |
-//! | `qprof_traced_process_{task_clock_seconds,context_switches,page_faults}_total` | pid, comm |
+//! | `qprof_metrics_series`, `qprof_metrics_series_evicted_total` | family |
+//! | `qprof_host_cpu_usage_ratio`, `qprof_host_cpus`, `qprof_host_{memory_total,memory_available,swap_total,swap_used}_bytes` | none |
+//! | `qprof_process_cpu_seconds_total`, `qprof_process_resident_memory_bytes` (top processes) | pid, comm |
+//! | `qprof_traced_process_{task_clock_seconds,context_switches,page_faults}_total` (perf counters) | pid, comm |
+//! | `qprof_traced_process_skipped_total` | reason |
 //! | `qprof_lost_events_total` | cause |
 //! | `qprof_bpf_map_{entries,capacity,fill_ratio}` | map |
-//! | `qprof_bpf_stats_enabled`, `qprof_bpf_program_{run_time_seconds,runs}_total` | program |
-//! | `qprof_agent_{cpu_seconds_total,resident_memory_bytes,windows_written_total,captures_total,store_size_bytes}` | kind, store |
-//! | `qprof_metrics_series`, `qprof_metrics_series_evicted_total` | family |
+//! | `qprof_bpf_stats_enabled` | none |
+//! | `qprof_bpf_program_run_time_seconds_total`, `qprof_bpf_program_runs_total` | program |
+//! | `qprof_agent_cpu_seconds_total`, `qprof_agent_resident_memory_bytes`, `qprof_agent_windows_written_total` | none |
+//! | `qprof_agent_captures_total` / `qprof_agent_store_size_bytes` | kind / store |
 
 pub mod capped;
 mod encode;
@@ -67,9 +71,10 @@ pub enum MetricsError {
 /// Caps of the metrics; every field has a documented default.
 #[derive(Debug, Clone, Copy)]
 pub struct MetricsConfig {
-    /// Fingerprints with their own series (per database kind, plus one
-    /// `other` each). 200: the statements that matter on any one host, at
-    /// ~30 series each (26 buckets, sum, count, errors, rows, info).
+    /// Fingerprints with their own series (plus one `other` per database
+    /// kind). 100: the statements that matter on one host, at ~52 series
+    /// each (46 buckets for a p99 within 20%, +Inf, sum, count, errors,
+    /// rows, info): ~5,200 series.
     pub top_queries: usize,
     /// (comm, syscall) pairs with their own series. 100: the busy pairs of
     /// a host's main services, ~20 series each.
@@ -87,7 +92,7 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
-            top_queries: 200,
+            top_queries: 100,
             top_syscalls: 100,
             top_tcp: 100,
             max_label_bytes: 64,
