@@ -212,13 +212,13 @@ impl CpuSampler {
                 },
             });
         }
-        let (live_pids, live_ids) = stack_window::still_referenced::<StackKey, u64>(
+        let (pending_pids, pending_stacks) = stack_window::still_referenced::<StackKey, u64>(
             map(&self.ebpf, MAP_STACK_COUNTS)?,
             MAP_STACK_COUNTS,
         )?;
-        let lost = self.stacks.end_window(&live_ids);
+        let lost = self.stacks.end_window(&pending_stacks);
         let maps = self.watcher.window_maps(&pids);
-        self.watcher.forget_dead(&mut self.ebpf, &live_pids);
+        self.watcher.forget_dead(&mut self.ebpf, &pending_pids);
         let mut drops = self.kernel_drops.delta(&super::drop_counters(&self.ebpf)?);
         lost.report(&mut drops);
         let table_full = self.watcher.maps.dropped;
