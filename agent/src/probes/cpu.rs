@@ -298,3 +298,54 @@ pub fn comm_string(comm: &[u8; 16]) -> String {
     let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..len]).into_owned()
 }
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    /// Ten windows of a host-wide capture lose no sample: the samples
+    /// counted over all windows match the kernel's running total (up to
+    /// those taken in the last settle interval), and stack lookups after
+    /// ids were freed seldom fail (a key made between the listing of
+    /// pending keys and the freeing of an id it shares loses its stack if
+    /// that stack does not recur: counted, measured 1 in 2,136). Needs
+    /// root: run with
+    /// `cargo test -p qprof --lib windows_lose_nothing -- --ignored`.
+    #[test]
+    #[ignore = "loads BPF programs: needs root"]
+    fn windows_lose_nothing() {
+        let config = CpuConfig {
+            hz: 499,
+            pids: Vec::new(),
+            by_query: false,
+            include_idle: true,
+        };
+        let mut sampler = CpuSampler::start(&config).expect("start (root?)");
+        let (mut counted, mut taken, mut lost) = (0i64, 0u64, Vec::new());
+        for _ in 0..10 {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            sampler.poll();
+            let window = sampler.snapshot().expect("snapshot");
+            counted += window.stacks.total(0);
+            taken += window.total_samples;
+            lost.extend(window.drops);
+        }
+        let last = sampler.stop().expect("stop");
+        counted += last.stacks.total(0);
+        taken += last.total_samples;
+        lost.extend(last.drops);
+        eprintln!("counted {counted}, taken {taken}, drops {lost:?}");
+        assert!(taken > 500, "too few samples: {taken}");
+        let missing = taken as i64 - counted;
+        assert!(
+            (0..=10).contains(&missing),
+            "counted {counted} of {taken} samples"
+        );
+        let lookups: u64 = lost
+            .iter()
+            .filter(|(n, _)| n.starts_with("stack_lookup"))
+            .map(|(_, v)| v)
+            .sum();
+        assert!(lookups * 100 <= counted as u64, "{lost:?}");
+    }
+}
