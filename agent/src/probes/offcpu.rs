@@ -283,13 +283,13 @@ impl OffcpuProfiler {
             });
         }
         let unreadable = self.add_still_blocked(&mut stacks, &mut pids, still_blocked);
-        let (live_pids, live_ids) = stack_window::still_referenced::<OffcpuKey, OffcpuValue>(
-            map(&self.ebpf, MAP_COUNTS)?,
-            MAP_COUNTS,
-        )?;
-        let lost = self.stacks.end_window(&live_ids);
+        let (pending_pids, pending_stacks) = stack_window::still_referenced::<
+            OffcpuKey,
+            OffcpuValue,
+        >(map(&self.ebpf, MAP_COUNTS)?, MAP_COUNTS)?;
+        let lost = self.stacks.end_window(&pending_stacks);
         let maps = self.watcher.window_maps(&pids);
-        self.watcher.forget_dead(&mut self.ebpf, &live_pids);
+        self.watcher.forget_dead(&mut self.ebpf, &pending_pids);
         let mut drops = self.kernel_drops.delta(&drop_counters(&self.ebpf)?);
         lost.report(&mut drops);
         if unreadable > 0 {

@@ -235,14 +235,14 @@ impl Symbolizer {
         };
         for FrameKeyOrd(key) in distinct {
             let (cached, mapping) = match key {
-                FrameKey::Module(idx, off) => match modules.modules[idx].file {
-                    Some(id) => (CachedFrame::File(id, off), idx),
-                    None => {
+                FrameKey::Module(idx, off) => {
+                    let Some(id) = modules.modules[idx].file else {
                         // Pseudo mapping ([vdso], [anon]): nothing to resolve.
                         out.insert(key, location(off, idx, Vec::new()));
                         continue;
-                    }
-                },
+                    };
+                    (CachedFrame::File(id, off), idx)
+                }
                 FrameKey::Kernel(addr) => {
                     (CachedFrame::Kernel(addr), kernel_index.unwrap_or_default())
                 }

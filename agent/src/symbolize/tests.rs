@@ -32,7 +32,7 @@ fn own_window(stacks: usize, depth: usize, distinct: u64) -> (StackCounts, Proce
     let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("own maps");
     let entries: Vec<_> = crate::probes::process_maps::parse(&text)
         .into_iter()
-        .filter(|e| e.is_file())
+        .filter(crate::probes::process_maps::MapEntry::is_file)
         .collect();
     let mut maps = ProcessMaps::default();
     maps.merge(pid, entries.clone());
