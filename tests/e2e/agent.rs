@@ -160,7 +160,6 @@ fn continuous_windows_and_sigterm() {
     let before = std::fs::read_dir(agent.data().join("continuous"))
         .unwrap()
         .count();
-    let pid = agent.child.pid();
     let status = agent.signal_and_wait(libc::SIGTERM);
     assert!(status.success(), "exit {status}:\n{}", agent.log());
     let after = std::fs::read_dir(agent.data().join("continuous"))
@@ -170,7 +169,11 @@ fn continuous_windows_and_sigterm() {
         after > before,
         "SIGTERM did not write the current window ({before} -> {after})"
     );
-    assert_eq!(still_loaded(&held), Vec::<u32>::new(), "programs left behind");
+    assert_eq!(
+        still_loaded(&held),
+        Vec::<u32>::new(),
+        "programs left behind"
+    );
 }
 
 /// kill -9 leaves no BPF program behind, and an agent restarted on the same data directory lists the earlier captures, skipping a corrupt one with a warning.

@@ -270,6 +270,10 @@ fn bad_queries_inputs() {
 /// under that query's fingerprint, and `flamegraph --query` draws it alone;
 /// `record offcpu --by-query` puts the time waited for a query under it.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: a capture, then three views of it"
+)]
 fn cpu_by_query_flamegraph() {
     require_root();
     let server = PgServer::start("byquery");

@@ -27,8 +27,7 @@ pub struct AgentRun {
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+        .map_or_else(|e| panic!("no free port: {e}"), |a| a.port())
 }
 
 /// An HTTP answer: status and body.
@@ -244,8 +243,10 @@ pub fn held_programs(pid: u32) -> Vec<u32> {
         .filter_map(Result::ok)
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .filter_map(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse().ok()))
+            text.lines().find_map(|l| {
+                l.strip_prefix("prog_id:")
+                    .and_then(|v| v.trim().parse().ok())
+            })
         })
         .collect();
     ids.sort_unstable();

@@ -111,10 +111,10 @@ impl QueryStats {
         self.latency.merge(&other.latency);
         self.other_pid_calls += other.other_pid_calls;
         for &pid in &other.pids {
-            if let Err(at) = self.pids.binary_search(&pid) {
-                if self.pids.len() < MAX_PIDS {
-                    self.pids.insert(at, pid);
-                }
+            if let Err(at) = self.pids.binary_search(&pid)
+                && self.pids.len() < MAX_PIDS
+            {
+                self.pids.insert(at, pid);
             }
         }
     }

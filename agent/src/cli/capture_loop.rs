@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use super::progress::Progress;
-pub use crate::probes::component::POLL_EVERY;
 use crate::probes::component::Component;
+pub use crate::probes::component::POLL_EVERY;
 
 /// How a capture ended.
 #[derive(Debug, Clone, Copy)]

@@ -109,32 +109,26 @@ impl Client {
             None => r,
         }
     }
+}
 
-    /// The response, or the agent's own error message.
-    fn call(
-        &self,
-        r: ureq::Request,
-        body: Option<serde_json::Value>,
-    ) -> anyhow::Result<ureq::Response> {
-        let url = r.url().to_owned();
-        let result = match body {
-            Some(b) => r.send_json(b),
-            None => r.call(),
-        };
-        match result {
-            Ok(resp) => Ok(resp),
-            Err(ureq::Error::Status(code, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let message = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                    .unwrap_or(text);
-                bail!("the agent answered {code}: {}", message.trim())
-            }
-            Err(e) => {
-                Err(anyhow::Error::new(e).context(format!("connecting to the agent at {url}")))
-            }
+/// The response, or the agent's own error message.
+fn send(r: ureq::Request, body: Option<serde_json::Value>) -> anyhow::Result<ureq::Response> {
+    let url = r.url().to_owned();
+    let result = match body {
+        Some(b) => r.send_json(b),
+        None => r.call(),
+    };
+    match result {
+        Ok(resp) => Ok(resp),
+        Err(ureq::Error::Status(code, resp)) => {
+            let text = resp.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or(text);
+            bail!("the agent answered {code}: {}", message.trim())
         }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("connecting to the agent at {url}"))),
     }
 }
 
@@ -148,9 +142,7 @@ pub fn capture(args: &CaptureArgs) -> anyhow::Result<()> {
         "pids": args.pids,
         "hz": args.hz,
     });
-    let meta: Meta = client
-        .call(client.request("POST", "/api/captures"), Some(body))?
-        .into_json()?;
+    let meta: Meta = send(client.request("POST", "/api/captures"), Some(body))?.into_json()?;
     eprintln!(
         "qprof: capture {} started on the agent ({:.1}s)",
         meta.id,
@@ -159,12 +151,11 @@ pub fn capture(args: &CaptureArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let meta = loop {
         std::thread::sleep(Duration::from_millis(500));
-        let m: Meta = client
-            .call(
-                client.request("GET", &format!("/api/captures/{}", meta.id)),
-                None,
-            )?
-            .into_json()?;
+        let m: Meta = send(
+            client.request("GET", &format!("/api/captures/{}", meta.id)),
+            None,
+        )?
+        .into_json()?;
         if m.status != "running" {
             break m;
         }
@@ -196,7 +187,7 @@ fn download(client: &Client, id: &str, name: &str, dir: &Path) -> anyhow::Result
     if !crate::export::store::valid_file_name(name) {
         bail!("the agent listed a file name that is not safe to write: {name:?}");
     }
-    let resp = client.call(
+    let resp = send(
         client.request("GET", &format!("/api/captures/{id}/files/{name}")),
         None,
     )?;
@@ -215,7 +206,7 @@ pub fn top(args: &TopArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.connect)?;
     let refresh = !(args.once || args.json) && std::io::stdout().is_terminal();
     loop {
-        let resp = client.call(client.request("GET", "/api/queries"), None)?;
+        let resp = send(client.request("GET", "/api/queries"), None)?;
         if args.json {
             print!("{}", resp.into_string()?);
             return Ok(());

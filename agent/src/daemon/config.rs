@@ -39,6 +39,10 @@ pub struct Config {
 }
 
 /// The always-on capabilities.
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one switch per capability, as the TOML shows them"
+)]
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Continuous {
@@ -107,7 +111,7 @@ impl Default for Config {
             data_dir: PathBuf::from("/var/lib/qprof"),
             auth_token_file: None,
             raw_queries: false,
-            window: Duration::from_secs(60),
+            window: Duration::from_mins(1),
             continuous: Continuous::default(),
             store: Store::default(),
             captures: Captures::default(),
@@ -134,7 +138,7 @@ impl Default for Store {
     fn default() -> Self {
         Self {
             max_size: 1 << 30,
-            max_age: Duration::from_secs(7 * 86_400),
+            max_age: Duration::from_hours(7 * 24),
             memory_windows: 10,
         }
     }
@@ -143,7 +147,7 @@ impl Default for Store {
 impl Default for Captures {
     fn default() -> Self {
         Self {
-            max_duration: Duration::from_secs(600),
+            max_duration: Duration::from_mins(10),
         }
     }
 }
@@ -288,7 +292,7 @@ mod human_duration {
         let secs = value.as_secs();
         let text = if value.subsec_millis() != 0 {
             format!("{}ms", value.as_millis())
-        } else if secs % 86_400 == 0 {
+        } else if secs.is_multiple_of(86_400) {
             format!("{}d", secs / 86_400)
         } else {
             format!("{secs}s")
@@ -324,10 +328,14 @@ mod human_size {
         parse(&text).map_err(serde::de::Error::custom)
     }
 
+    #[expect(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "serde's serialize_with signature"
+    )]
     pub fn serialize<S: Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
         let (unit, scale) = UNITS
             .iter()
-            .find(|(_, scale)| *value >= *scale && value % scale == 0)
+            .find(|(_, scale)| *value >= *scale && value.is_multiple_of(*scale))
             .copied()
             .unwrap_or(("B", 1));
         s.serialize_str(&format!("{}{unit}", value / scale))
@@ -349,7 +357,7 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.listen.to_string(), "127.0.0.1:9876");
         assert_eq!(c.continuous.cpu_hz, 19);
-        assert_eq!(c.window, Duration::from_secs(60));
+        assert_eq!(c.window, Duration::from_mins(1));
     }
 
     /// The printed config parses back to the same config.
@@ -409,6 +417,6 @@ mod tests {
     fn sizes_and_days_parse() {
         let c = parse("[store]\nmax_size = \"2GiB\"\nmax_age = \"30d\"").unwrap();
         assert_eq!(c.store.max_size, 2 << 30);
-        assert_eq!(c.store.max_age, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.store.max_age, Duration::from_hours(30 * 24));
     }
 }

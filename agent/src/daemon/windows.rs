@@ -229,7 +229,7 @@ fn cpu_window(
             cpu_pprof: Arc::new(bytes),
         });
     }
-    shared.store.retain(
+    let _removed = shared.store.retain(
         config.store.max_size,
         config.store.max_age,
         SystemTime::now(),

@@ -199,6 +199,7 @@ impl Store {
 
     /// Deletes windows past `max_age` and then, oldest first, until the
     /// total is under `max_size`. Returns how many files were removed.
+    #[must_use]
     pub fn retain(&self, max_size: u64, max_age: Duration, now: SystemTime) -> usize {
         let windows = self.windows();
         let cutoff = unix_ms(now).saturating_sub(max_age.as_millis() as u64);
@@ -353,12 +354,9 @@ mod tests {
                 .write_window(now_ms - 5000 + i, "cpu.pb.gz", &[0; 100])
                 .unwrap();
         }
-        assert_eq!(
-            store.retain(10_000, Duration::from_secs(7 * 86_400), now),
-            1
-        );
+        assert_eq!(store.retain(10_000, Duration::from_hours(7 * 24), now), 1);
         assert_eq!(store.windows().len(), 5);
-        assert_eq!(store.retain(250, Duration::from_secs(7 * 86_400), now), 3);
+        assert_eq!(store.retain(250, Duration::from_hours(7 * 24), now), 3);
         let left = store.windows();
         assert_eq!(left.len(), 2);
         assert_eq!(

@@ -330,10 +330,10 @@ mod window_tests {
             taken += window.total_samples;
             lost.extend(window.drops);
         }
-        let last = sampler.stop().expect("stop");
-        counted += last.stacks.total(0);
-        taken += last.total_samples;
-        lost.extend(last.drops);
+        let final_window = sampler.stop().expect("stop");
+        counted += final_window.stacks.total(0);
+        taken += final_window.total_samples;
+        lost.extend(final_window.drops);
         eprintln!("counted {counted}, taken {taken}, drops {lost:?}");
         assert!(taken > 500, "too few samples: {taken}");
         let missing = taken as i64 - counted;

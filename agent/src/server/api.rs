@@ -108,9 +108,13 @@ async fn get_file(
 }
 
 fn content_type(name: &str) -> &'static str {
-    if name.ends_with(".json") {
+    let ext = std::path::Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("");
+    if ext.eq_ignore_ascii_case("json") {
         "application/json"
-    } else if name.ends_with(".svg") {
+    } else if ext.eq_ignore_ascii_case("svg") {
         "image/svg+xml"
     } else {
         "application/octet-stream"
