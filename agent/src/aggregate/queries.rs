@@ -367,9 +367,9 @@ mod tests {
     #[test]
     fn merging_windows_equals_one_table() {
         let calls = [
-            ("SELECT 1", 1_000, 10),
-            ("SELECT 2", 5_000, 11),
-            ("SELECT 1", 3_000, 12),
+            ("SELECT a FROM t WHERE id = 1", 1_000, 10),
+            ("SELECT b FROM u", 5_000, 11),
+            ("SELECT a FROM t WHERE id = 2", 3_000, 12),
         ];
         let mut whole = QueryTable::default();
         let mut a = QueryTable::default();

@@ -381,7 +381,7 @@ mod tests {
     #[test]
     fn wrong_type_names_key_and_line() {
         let err = parse("\n[continuous]\ncpu_hz = \"fast\"\n").unwrap_err();
-        assert!(err.contains("line 3") && err.contains("integer"), "{err}");
+        assert!(err.contains("line 3") && err.contains("\"fast\""), "{err}");
     }
 
     /// Zero, negative and malformed durations are refused with their key.
