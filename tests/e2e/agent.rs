@@ -390,3 +390,73 @@ fn capture_and_top_clients() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(rows.is_array(), "{rows}");
 }
+
+/// With `[pyroscope] url`, each CPU window reaches the ingest API as a valid gzip pprof (read by `go tool pprof`) in a multipart `profile` field, one request per process, labelled with service_name (its comm), host and pid.
+#[test]
+fn pyroscope_push_of_each_window() {
+    require_root();
+    let _g = serial();
+    let receiver = qprof_e2e::receiver::Receiver::start();
+    let conf = format!(
+        "window = \"2s\"\n[continuous]\nqueries = false\nsyscalls = false\ntcp = false\n\
+         [pyroscope]\nurl = \"http://127.0.0.1:{}\"\n",
+        receiver.port
+    );
+    let agent = AgentRun::start("pyroscope", &conf, &[]);
+    // A process of ours that is surely on a CPU in every window.
+    let burner = std::process::Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    let burner = qprof_e2e::ChildGuard(burner);
+    let deadline = Instant::now() + Duration::from_mins(1);
+    let ours = loop {
+        let mine: Vec<_> = receiver
+            .recorded()
+            .into_iter()
+            .filter(|r| {
+                let line = r.request_line.replace("%3D", "=").replace("%3d", "=");
+                line.contains(&format!("pid={}", burner.pid()))
+            })
+            .collect();
+        if !mine.is_empty() {
+            break mine;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no push for the burner:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let req = &ours[0];
+    assert!(
+        req.request_line.starts_with("POST /ingest?"),
+        "{}",
+        req.request_line
+    );
+    for needle in [
+        "format=pprof",
+        "from=",
+        "until=",
+        "service_name%3Dsh",
+        "host%3D",
+    ] {
+        let line = req
+            .request_line
+            .replace("service_name=sh", "service_name%3Dsh");
+        assert!(
+            line.contains(needle) || req.request_line.contains(needle),
+            "{needle} missing: {}",
+            req.request_line
+        );
+    }
+    let profile = req
+        .form_field("profile")
+        .expect("a multipart profile field");
+    assert_eq!(&profile[..2], &[0x1f, 0x8b], "not gzip");
+    let path = agent.dir.join("pushed.pb.gz");
+    std::fs::write(&path, &profile).unwrap();
+    let top = qprof_e2e::pprof_tool::top(&path, "samples");
+    assert!(top.contains("flat"), "{top}");
+}

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod net;
 pub mod postgres;
 pub mod pprof_tool;
+pub mod receiver;
 pub mod session;
 
 use std::{

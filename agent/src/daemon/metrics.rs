@@ -2,10 +2,16 @@
 //! only the daemon knows: host and store readings on a timer, and the
 //! encoding of a scrape.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use super::{Shared, log};
-use crate::export::metrics::host::HostSampler;
+use crate::{
+    export::metrics::{health::bpf_program_stats, host::HostSampler},
+    probes::counters::ProcessCounters,
+};
 
 /// How often host, process and store readings are refreshed: scrapes
 /// come every 15-60 s; reading every process's stats more often than
@@ -27,27 +33,84 @@ pub fn encode(shared: &Shared, accept: Option<&str>) -> (&'static str, String) {
     }
 }
 
-/// Refreshes host, process and store readings every [`SAMPLE_EVERY`].
+/// Refreshes host, process, traced-process counter, BPF program and store
+/// readings every [`SAMPLE_EVERY`], on a blocking thread of its own
+/// (sysinfo and perf reads are synchronous).
 pub fn spawn_sampler(shared: &Arc<Shared>) {
     let s = shared.clone();
-    shared.tracker.spawn(async move {
-        let mut sampler = match HostSampler::new(TOP_PROCESSES) {
+    shared.tracker.spawn_blocking(move || {
+        let mut host = match HostSampler::new(TOP_PROCESSES) {
             Ok(h) => Some(h),
             Err(e) => {
                 log(&format!("host metrics unavailable: {e}"));
                 None
             }
         };
-        let mut tick = tokio::time::interval(SAMPLE_EVERY);
-        loop {
-            tokio::select! {
-                () = s.cancel.cancelled() => return,
-                _ = tick.tick() => {}
+        let mut counters = ProcessCounters::new();
+        let mut next = Instant::now();
+        while !s.cancel.is_cancelled() {
+            if Instant::now() >= next {
+                next = Instant::now() + SAMPLE_EVERY;
+                if let Some(h) = host.as_mut() {
+                    s.metrics.set_host(h.sample());
+                }
+                counters.set_pids(&traced_pids(&s));
+                let counts = counters.read();
+                s.metrics.set_process_counters(counts, counters.losses());
+                s.metrics.set_bpf_stats(bpf_program_stats(&own_programs()));
+                s.metrics.set_store_bytes("data", s.store.size());
             }
-            if let Some(h) = sampler.as_mut() {
-                s.metrics.set_host(h.sample());
-            }
-            s.metrics.set_store_bytes("data", s.store.size());
+            std::thread::sleep(Duration::from_millis(200));
         }
     });
+}
+
+/// The processes qprof is tracing that matter most: those that ran the
+/// statements with the most total time (a client's pid; at most
+/// [`TRACED_PIDS`]).
+fn traced_pids(shared: &Shared) -> Vec<u32> {
+    let Ok(queries) = shared.queries.lock() else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for row in queries.rows() {
+        for pid in row.pids {
+            if pids.len() >= TRACED_PIDS {
+                return pids;
+            }
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Processes whose software counters are read: the counters cost three
+/// file descriptors per thread, so a few busy clients, not the host.
+const TRACED_PIDS: usize = 16;
+
+/// (id, name) of every BPF program this process holds, from the
+/// `prog_id:` lines of its own fdinfo and the kernel's program list: the
+/// components each own their object on their own thread, so the agent
+/// finds its programs the way an outside observer would.
+fn own_programs() -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return Vec::new();
+    };
+    let ids: std::collections::BTreeSet<u32> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("prog_id:")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+        })
+        .collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| ids.contains(&p.id()))
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
+        .collect()
 }

@@ -32,6 +32,7 @@ use crate::{
     aggregate::queries::QueryTable,
     export::{
         metrics::{Metrics, MetricsConfig},
+        pyroscope::{Pusher, PyroscopeConfig},
         store::Store,
     },
 };
@@ -59,6 +60,8 @@ pub struct Shared {
     pub queries: Mutex<QueryTable>,
     pub captures: Captures,
     pub metrics: Metrics,
+    /// Pushes each CPU window when `[pyroscope] url` is set.
+    pub pyroscope: Option<Pusher>,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -168,6 +171,13 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
+    let pyroscope = match &config.pyroscope.url {
+        Some(url) => Some(
+            Pusher::start(PyroscopeConfig::new(url.clone()))
+                .context("starting the Pyroscope push")?,
+        ),
+        None => None,
+    };
     let (old, warnings) = store.captures();
     for w in &warnings {
         log(&format!("skipping capture directory: {w}"));
@@ -182,6 +192,7 @@ async fn serve(
             top_tcp: config.metrics.top_series,
             ..MetricsConfig::default()
         }),
+        pyroscope,
         config: RwLock::new(config.clone()),
         store,
         token,
@@ -267,12 +278,16 @@ fn reload(shared: &Shared, config_file: Option<&std::path::Path>) {
             if new.auth_token_file != old.auth_token_file {
                 restart.push("auth_token_file");
             }
+            if new.pyroscope != old.pyroscope {
+                restart.push("pyroscope");
+            }
             // What only a restart applies keeps its running value, so that
             // the config the agent reports is the one it runs on.
             new.listen = old.listen;
             new.data_dir = old.data_dir;
             new.continuous = old.continuous;
             new.auth_token_file = old.auth_token_file;
+            new.pyroscope = old.pyroscope;
             shared.replace_config(new);
             if restart.is_empty() {
                 log(&format!("SIGHUP: reloaded {}", path.display()));

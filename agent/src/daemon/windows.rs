@@ -217,6 +217,13 @@ fn cpu_window(
         what: "pprof",
         source: serde_json::Error::io(std::io::Error::other(e.to_string())),
     })?;
+    shared.metrics.add_lost(capture.drops.iter().copied());
+    if let Some(pusher) = &shared.pyroscope
+        && let Err(e) =
+            pusher.push_window(&profile, span.start_ms / 1000, span.end_ms.div_ceil(1000))
+    {
+        log(&format!("Pyroscope: {e}"));
+    }
     shared
         .store
         .write_window(span.start_ms, "cpu.pb.gz", &bytes)?;
