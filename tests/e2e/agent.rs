@@ -385,10 +385,34 @@ fn capture_and_top_clients() {
         "{}",
         stderr(&out)
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent
+        .get("/api/syscalls")
+        .json()
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no syscall window:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let out = run_qprof(&["top", "--agent", &url, "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(rows.is_array(), "{rows}");
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(all["queries"].is_array() && all["tcp"].is_array(), "{all}");
+    let syscalls = all["syscalls"].as_array().unwrap();
+    assert!(
+        syscalls.iter().any(|r| r["calls"].as_u64() > Some(0)),
+        "{all}"
+    );
+    let out = run_qprof(&["top", "--agent", &url, "--once"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for heading in ["QUERIES", "SYSCALLS", "TCP"] {
+        assert!(text.contains(heading), "{text}");
+    }
 }
 
 /// With `[pyroscope] url`, each CPU window reaches the ingest API as a valid gzip pprof (read by `go tool pprof`) in a multipart `profile` field, one request per process, labelled with service_name (its comm), host and pid.

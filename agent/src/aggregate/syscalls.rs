@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     histogram::LogHistogram,
@@ -55,7 +55,7 @@ pub struct SyscallTable {
 }
 
 /// One row of the report; the JSON field names are a public interface.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyscallRow {
     pub pid: u32,
     pub comm: String,

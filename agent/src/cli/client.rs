@@ -11,7 +11,10 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::values;
-use crate::{aggregate::queries::QueryRow, export::files};
+use crate::{
+    aggregate::{queries::QueryRow, syscalls::SyscallRow, tcp::TcpRow},
+    export::files,
+};
 
 /// Largest file `qprof capture` downloads: profiles of a busy host for
 /// ten minutes stay well under it; anything bigger is not a profile.
@@ -206,56 +209,41 @@ pub fn top(args: &TopArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.connect)?;
     let refresh = !(args.once || args.json) && std::io::stdout().is_terminal();
     loop {
-        let resp = send(client.request("GET", "/api/queries"), None)?;
+        let get = |path: &str| -> anyhow::Result<serde_json::Value> {
+            send(client.request("GET", path), None)?
+                .into_json()
+                .with_context(|| format!("reading the agent's {path}"))
+        };
+        let (queries, syscalls, tcp) = (
+            get("/api/queries")?,
+            get("/api/syscalls")?,
+            get("/api/tcp")?,
+        );
         if args.json {
-            print!("{}", resp.into_string()?);
+            let all = serde_json::json!({ "queries": queries, "syscalls": syscalls, "tcp": tcp });
+            println!("{all}");
             return Ok(());
         }
-        let rows: Vec<QueryRow> = resp
-            .into_json()
-            .context("reading the agent's /api/queries")?;
+        let queries: Vec<QueryRow> =
+            serde_json::from_value(queries).context("the agent's queries")?;
+        let syscalls: Vec<SyscallRow> =
+            serde_json::from_value(syscalls).context("the agent's syscalls")?;
+        let tcp: Vec<TcpRow> = serde_json::from_value(tcp).context("the agent's TCP peers")?;
         if refresh {
             print!("\x1b[2J\x1b[H");
         }
-        print!("{}", render_queries(&rows, args.top));
+        println!("QUERIES (since the agent started)");
+        print!("{}", super::record_queries::render(&queries, args.top));
+        println!("\nSYSCALLS (last window)");
+        print!("{}", super::record_syscalls::render(&syscalls, args.top));
+        println!("\nTCP (last window)");
+        print!(
+            "{}",
+            super::record_tcp::render(&tcp[..tcp.len().min(args.top)])
+        );
         if !refresh {
             return Ok(());
         }
         std::thread::sleep(Duration::from_secs(2));
     }
-}
-
-/// The columns `record queries` prints, from the agent's rows.
-fn render_queries(rows: &[QueryRow], top: usize) -> String {
-    let us = |v: f64| super::report::human_ns((v * 1000.0) as u64);
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .take(top)
-        .map(|r| {
-            let text: String = r.fingerprint.chars().take(70).collect();
-            vec![
-                r.fingerprint_id.clone(),
-                r.db.to_string(),
-                r.calls.to_string(),
-                r.errors.to_string(),
-                us(r.p50_us),
-                us(r.p99_us),
-                us(r.total_us),
-                text,
-            ]
-        })
-        .collect();
-    super::report::table(
-        &[
-            "ID",
-            "DB",
-            "CALLS",
-            "ERRORS",
-            "P50",
-            "P99",
-            "TOTAL",
-            "FINGERPRINT",
-        ],
-        &body,
-    )
 }

@@ -109,7 +109,7 @@ fn any_process_named(comm: &str) -> bool {
 }
 
 /// The table: top `top` rows by total time.
-fn render(rows: &[SyscallRow], top: usize) -> String {
+pub(crate) fn render(rows: &[SyscallRow], top: usize) -> String {
     let body: Vec<Vec<String>> = rows
         .iter()
         .take(top)

@@ -47,6 +47,13 @@ pub struct Health {
     pub corrupt_captures_skipped: AtomicU64,
 }
 
+/// The last complete window of the table-shaped capabilities.
+#[derive(Debug, Default)]
+pub struct Latest {
+    pub syscalls: Vec<crate::aggregate::syscalls::SyscallRow>,
+    pub tcp: Vec<crate::aggregate::tcp::TcpRow>,
+}
+
 /// What every task and handler of the agent shares.
 pub struct Shared {
     config: RwLock<Config>,
@@ -58,6 +65,8 @@ pub struct Shared {
     /// Statements seen since the agent started (bounded, least used
     /// evicted): what `/api/queries` and `qprof top` show.
     pub queries: Mutex<QueryTable>,
+    /// The last window's syscall and TCP rows (`/api/syscalls`, `/api/tcp`).
+    pub latest: Mutex<Latest>,
     pub captures: Captures,
     pub metrics: Metrics,
     /// Pushes each CPU window when `[pyroscope] url` is set.
@@ -185,6 +194,7 @@ async fn serve(
     let shared = Arc::new(Shared {
         recent: Mutex::new(RecentWindows::new(config.store.memory_windows)),
         queries: Mutex::new(QueryTable::default()),
+        latest: Mutex::new(Latest::default()),
         captures: Captures::new(old),
         metrics: Metrics::new(MetricsConfig {
             top_queries: config.metrics.top_fingerprints,

@@ -144,7 +144,11 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             |s, table, span| {
                 s.metrics.observe_syscalls(&table);
                 s.metrics.add_lost(table.drops.iter().copied());
-                let result = write_json(s, span, "syscalls.json", &table.rows());
+                let rows = table.rows();
+                let result = write_json(s, span, "syscalls.json", &rows);
+                if let Ok(mut latest) = s.latest.lock() {
+                    latest.syscalls = rows;
+                }
                 count_write(s, result.map_err(|e| e.to_string()), "syscalls");
             },
         );
@@ -157,7 +161,11 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             TcpOptions::default(),
             |s, table, span| {
                 s.metrics.observe_tcp(&table);
-                let result = write_json(s, span, "tcp.json", &table.rows());
+                let rows = table.rows();
+                let result = write_json(s, span, "tcp.json", &rows);
+                if let Ok(mut latest) = s.latest.lock() {
+                    latest.tcp = rows;
+                }
                 count_write(s, result.map_err(|e| e.to_string()), "tcp");
             },
         );

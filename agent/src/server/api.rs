@@ -32,6 +32,8 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/api/captures/{id}", get(get_capture))
         .route("/api/captures/{id}/files/{name}", get(get_file))
         .route("/api/queries", get(queries))
+        .route("/api/syscalls", get(syscalls))
+        .route("/api/tcp", get(tcp))
         .route("/api/continuous", get(continuous))
         .route("/debug/pprof/profile", get(self_profile))
 }
@@ -123,6 +125,26 @@ fn content_type(name: &str) -> &'static str {
 
 async fn queries(State(shared): State<Arc<Shared>>) -> Response {
     let rows = shared.queries.lock().map(|t| t.rows()).unwrap_or_default();
+    Json(rows).into_response()
+}
+
+/// The last window's syscall rows (counts mode: exact calls and errors).
+async fn syscalls(State(shared): State<Arc<Shared>>) -> Response {
+    let rows = shared
+        .latest
+        .lock()
+        .map(|l| l.syscalls.clone())
+        .unwrap_or_default();
+    Json(rows).into_response()
+}
+
+/// The last window's TCP rows.
+async fn tcp(State(shared): State<Arc<Shared>>) -> Response {
+    let rows = shared
+        .latest
+        .lock()
+        .map(|l| l.tcp.clone())
+        .unwrap_or_default();
     Json(rows).into_response()
 }
 
