@@ -24,7 +24,7 @@ use super::{
     component::{CaptureKind, Component},
     cpu_queries::QueryLabels,
     discovery::NewPidWatcher,
-    load_object, map, map_err, map_mut,
+    map, map_err, map_mut,
     process_maps::ProcessMaps,
     queries::QueryError,
     stack_window::{self, CounterBaseline, SETTLE, StackTable, WindowKey},
@@ -96,7 +96,7 @@ impl Component for CpuSampler {
 
     /// Loads the program, sets the filters and attaches to every CPU.
     fn start(config: &CpuConfig) -> Result<Self, ProbeError> {
-        let mut ebpf = load_object()?;
+        let mut ebpf = super::objects::load_for(CaptureKind::Cpu, config.by_query)?;
         if !config.pids.is_empty() {
             let mut targets: HashMap<_, u32, u8> =
                 HashMap::try_from(map_mut(&mut ebpf, MAP_TARGET_PIDS)?)

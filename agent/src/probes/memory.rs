@@ -46,7 +46,7 @@ use super::{
     ProbeError,
     component::{CaptureKind, Component},
     discovery::NewPidWatcher,
-    load_object, map_err, missing_map,
+    map_err, missing_map,
     process_maps::ProcessMaps,
     unwind::{FramePointerStacks, StackSource},
 };
@@ -145,7 +145,7 @@ impl MemoryProfiler {
         for &pid in &config.pids {
             points.extend(allocators::find(pid)?);
         }
-        let mut ebpf = load_object()?;
+        let mut ebpf = super::objects::load_for(CaptureKind::Memory, false)?;
         let mut intervals: Array<_, u64> = Array::try_from(
             ebpf.map_mut(MAP_INTERVALS)
                 .ok_or_else(|| missing_map(MAP_INTERVALS))?,

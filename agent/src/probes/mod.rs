@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod cpu_queries;
 pub mod discovery;
 pub mod memory;
+pub mod objects;
 pub mod offcpu;
 pub mod preflight;
 pub mod process_maps;
@@ -53,8 +54,8 @@ pub enum ProbeError {
     OnlineCpus(std::io::Error),
 }
 
-/// Loads the embedded object. Programs are loaded and attached by each
-/// capability's module.
+/// Loads the embedded object with every map at full size (tests and
+/// tools; capabilities load theirs through [`objects::load_for`]).
 pub fn load_object() -> Result<Ebpf, ProbeError> {
     Ok(Ebpf::load(PROBES_OBJECT)?)
 }

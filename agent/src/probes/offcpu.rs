@@ -28,7 +28,7 @@ use super::{
     cpu::comm_string,
     cpu_queries::QueryLabels,
     discovery::NewPidWatcher,
-    drop_counters, load_object, map, map_err, map_mut,
+    drop_counters, map, map_err, map_mut,
     process_maps::ProcessMaps,
     prog_err,
     stack_window::{self, CounterBaseline, SETTLE, StackTable, WindowKey},
@@ -136,7 +136,7 @@ impl Component for OffcpuProfiler {
             generation: 0,
             pad: 0,
         };
-        let mut ebpf = load_object()?;
+        let mut ebpf = super::objects::load_for(CaptureKind::Offcpu, options.by_query)?;
         set_config(&mut ebpf, config)?;
         if !options.pids.is_empty() {
             let mut pids: HashMap<_, u32, u8> =

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use aya::{
-    Ebpf, EbpfLoader, Pod,
+    Ebpf, Pod,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
@@ -120,7 +120,7 @@ impl Component for SyscallTracer {
 
     /// Loads, configures the filters and attaches.
     fn start(config: &SyscallConfig) -> Result<Self, ProbeError> {
-        let mut loader = EbpfLoader::new();
+        let mut loader = super::objects::loader_for(CaptureKind::Syscalls, false);
         for name in config.mode.unused_maps() {
             loader.map_max_entries(name, 1);
         }

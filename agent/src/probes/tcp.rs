@@ -32,7 +32,7 @@ pub use self::layout::{LayoutError, PROBE_PROGRAM, PROBE_TRACEPOINT, TRACEPOINTS
 use super::{
     ProbeError,
     component::{CaptureKind, Component},
-    drop_counters, load_object, map_err, map_mut,
+    drop_counters, map_err, map_mut,
 };
 use crate::aggregate::{drops::DropDeltas, tcp::TcpTable};
 
@@ -210,7 +210,7 @@ impl Component for TcpTracer {
             layout::KernelOffsets::from_btf(&btf),
             layout::sock_layout(&btf)?,
         )?;
-        let mut ebpf = load_object()?;
+        let mut ebpf = super::objects::load_for(CaptureKind::Tcp, false)?;
         configure(&mut ebpf, &config, &options.pids)?;
         let seed_dropped = seed(&mut ebpf, &proc_net::scan(&options.pids))?;
         for (name, category, tracepoint) in TRACEPOINTS {

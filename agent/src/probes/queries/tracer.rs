@@ -20,7 +20,7 @@ use crate::{
     probes::{
         ProbeError,
         component::{CaptureKind, Component},
-        drop_counters, load_object,
+        drop_counters,
     },
 };
 
@@ -211,7 +211,7 @@ impl Component for QueryTracer {
     const KIND: CaptureKind = CaptureKind::Queries;
 
     fn start(config: &QueryOptions) -> Result<Self, QueryError> {
-        let mut ebpf = load_object()?;
+        let mut ebpf = crate::probes::objects::load_for(CaptureKind::Queries, false)?;
         let probes = QueryProbes::attach(&mut ebpf, config)?;
         let mut tracer = Self {
             ebpf,
