@@ -19,9 +19,8 @@ use aya::{
 };
 use qprof_common::syscalls::{
     COUNT_CACHE_SLOTS, CountSlot, DEFAULT_SAMPLE_EVERY, MAP_COMMS, MAP_CONFIG, MAP_COUNT_CACHE,
-    MAP_COUNTS, MAP_ERRNOS, MAP_INFLIGHT, MAP_SAMPLE_LOST, MAP_SAMPLE_SLOTS, MAP_STATS,
-    MAP_TARGET_NRS, MAP_TARGET_PIDS, SAMPLED_STATS_CAPACITY, SysConfig, SysCounts, SysErrKey,
-    SysKey, SysStats,
+    MAP_COUNTS, MAP_ERRNOS, MAP_INFLIGHT, MAP_SAMPLE_LOST, MAP_SAMPLE_SLOTS, MAP_SAMPLED,
+    MAP_STATS, MAP_TARGET_NRS, MAP_TARGET_PIDS, SysConfig, SysCounts, SysErrKey, SysKey, SysStats,
 };
 
 use super::{
@@ -78,14 +77,15 @@ impl SyscallMode {
     /// always-on mode does not hold the full mode's 18 MiB per CPU.
     fn unused_maps(self) -> &'static [&'static str] {
         match self {
-            Self::Counts { .. } => &[MAP_INFLIGHT],
-            Self::Full => &[MAP_COUNTS, MAP_COUNT_CACHE, MAP_SAMPLE_SLOTS],
+            Self::Counts { .. } => &[MAP_INFLIGHT, MAP_STATS],
+            Self::Full => &[MAP_COUNTS, MAP_COUNT_CACHE, MAP_SAMPLE_SLOTS, MAP_SAMPLED],
             Self::Floor => &[
                 MAP_INFLIGHT,
                 MAP_COUNTS,
                 MAP_COUNT_CACHE,
                 MAP_SAMPLE_SLOTS,
                 MAP_STATS,
+                MAP_SAMPLED,
                 MAP_ERRNOS,
             ],
         }
@@ -123,9 +123,6 @@ impl Component for SyscallTracer {
         let mut loader = EbpfLoader::new();
         for name in config.mode.unused_maps() {
             loader.map_max_entries(name, 1);
-        }
-        if matches!(config.mode, SyscallMode::Counts { .. }) {
-            loader.map_max_entries(MAP_STATS, SAMPLED_STATS_CAPACITY);
         }
         let mut ebpf = loader.load(PROBES_OBJECT)?;
         let sys_config = configure(&mut ebpf, config)?;
@@ -195,36 +192,26 @@ impl SyscallTracer {
         if self.mode == SyscallMode::Floor {
             return Ok(table);
         }
-        let counted = matches!(self.mode, SyscallMode::Counts { .. });
-        if counted {
+        let this = |k: &SysKey| k.generation == generation;
+        if matches!(self.mode, SyscallMode::Counts { .. }) {
             drain_count_cache(&mut self.ebpf, u32::from(generation), &mut table)?;
-            drain::<SysKey, SysCounts>(
-                &mut self.ebpf,
-                MAP_COUNTS,
-                |k| k.generation == generation,
-                |k, v| {
-                    for c in v.iter() {
-                        table.add_counts(k.pid, u32::from(k.nr), c.calls, c.errors);
-                    }
-                },
-            )?;
-        }
-        drain::<SysKey, SysStats>(
-            &mut self.ebpf,
-            MAP_STATS,
-            |k| k.generation == generation,
-            |k, v| {
-                for s in v.iter() {
-                    let nr = u32::from(k.nr);
-                    if counted {
-                        table.add_timed(k.pid, nr, s.calls, s.total_ns, s.max_ns, &s.buckets);
-                    } else {
-                        let (c, e, t, m) = (s.calls, s.errors, s.total_ns, s.max_ns);
-                        table.add(k.pid, nr, c, e, t, m, &s.buckets);
-                    }
+            drain::<SysKey, SysCounts>(&mut self.ebpf, MAP_COUNTS, this, |k, v| {
+                for c in v.iter() {
+                    table.add_counts(k.pid, u32::from(k.nr), c.calls, c.errors);
                 }
-            },
-        )?;
+            })?;
+            drain_shared(&mut self.ebpf, MAP_SAMPLED, this, |k, s| {
+                let nr = u32::from(k.nr);
+                table.add_timed(k.pid, nr, s.calls, s.total_ns, s.max_ns, &s.buckets);
+            })?;
+        } else {
+            drain::<SysKey, SysStats>(&mut self.ebpf, MAP_STATS, this, |k, v| {
+                for s in v.iter() {
+                    let (c, e, t, m) = (s.calls, s.errors, s.total_ns, s.max_ns);
+                    table.add(k.pid, u32::from(k.nr), c, e, t, m, &s.buckets);
+                }
+            })?;
+        }
         drain::<SysErrKey, u64>(
             &mut self.ebpf,
             MAP_ERRNOS,
@@ -292,6 +279,29 @@ fn drain<K: Pod, V: Pod>(
         // would be skipped, not fatal.
         if let Ok(values) = hash.get(key, 0) {
             add(key, &values);
+        }
+        hash.remove(key).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+/// [`drain`] for the shared (not per-CPU) hash of sampled latencies.
+fn drain_shared(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    take: impl Fn(&SysKey) -> bool,
+    mut add: impl FnMut(&SysKey, &SysStats),
+) -> Result<(), ProbeError> {
+    let mut hash: HashMap<_, SysKey, SysStats> =
+        HashMap::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+    let keys: Vec<SysKey> = hash
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| take(k))
+        .collect();
+    for key in &keys {
+        if let Ok(value) = hash.get(key, 0) {
+            add(key, &value);
         }
         hash.remove(key).map_err(map_err(name))?;
     }

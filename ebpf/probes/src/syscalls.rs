@@ -30,8 +30,9 @@ use qprof_common::{
     hist::bucket_of,
     syscalls::{
         COMMS_CAPACITY, COUNT_CACHE_SLOTS, COUNTS_CAPACITY, CountSlot, ERRNOS_CAPACITY,
-        INFLIGHT_CAPACITY, INLINE_PIDS, Inflight, MAX_SYSCALL_NR, SAMPLE_SLOTS, STATS_CAPACITY,
-        SysConfig, SysCounts, SysErrKey, SysKey, SysStats, TARGET_PIDS_CAPACITY, count_cache_index,
+        INFLIGHT_CAPACITY, INLINE_PIDS, Inflight, MAX_SYSCALL_NR, SAMPLE_SLOTS, SAMPLED_CAPACITY,
+        STATS_CAPACITY, SysConfig, SysCounts, SysErrKey, SysKey, SysStats, TARGET_PIDS_CAPACITY,
+        count_cache_index,
     },
 };
 
@@ -40,6 +41,9 @@ use crate::counters::bump;
 #[map(name = "SYS_STATS")]
 static SYS_STATS: PerCpuHashMap<SysKey, SysStats> =
     PerCpuHashMap::with_max_entries(STATS_CAPACITY, 0);
+
+#[map(name = "SYS_SAMPLED")]
+static SYS_SAMPLED: HashMap<SysKey, SysStats> = HashMap::with_max_entries(SAMPLED_CAPACITY, 0);
 
 #[map(name = "SYS_COUNTS")]
 static SYS_COUNTS: PerCpuHashMap<SysKey, SysCounts> =
@@ -278,7 +282,52 @@ fn count_exit(ctx: &RawTracePointContext) {
         nr: sample.nr as u16,
         generation: config.generation as u16,
     };
-    add_latency(&key, now_ns().saturating_sub(sample.start_ns), false);
+    add_sampled(&key, now_ns().saturating_sub(sample.start_ns));
+}
+
+/// Adds one sampled call to the shared histogram of `key`.
+///
+/// Plain adds, not atomic ones (the BPF target's `core` has no atomic
+/// read-modify-write): two CPUs finishing a *sampled* call of the *same*
+/// (pid, syscall) within the same few nanoseconds can lose one of the two
+/// increments of a field. At ~1 call in 64 sampled this is rare, it can only
+/// thin a sample (never invent one), and it is the price of a map whose
+/// memory does not grow with the CPU count.
+#[inline(always)]
+fn add_sampled(key: &SysKey, latency: u64) {
+    let stats = match SYS_SAMPLED.get_ptr_mut(key) {
+        Some(ptr) => ptr,
+        None => {
+            let Some(zero) = SYS_ZERO.get_ptr(0) else {
+                return;
+            };
+            // SAFETY: `zero` is a live, never-written map value.
+            let zero = unsafe { &*zero };
+            // EEXIST (another CPU inserted it first) is fine: look it up.
+            if SYS_SAMPLED
+                .insert(key, zero, u64::from(BPF_NOEXIST))
+                .is_ok()
+            {
+                remember_comm(key.pid);
+            }
+            let Some(ptr) = SYS_SAMPLED.get_ptr_mut(key) else {
+                bump(Counter::SyscallMapFull);
+                return;
+            };
+            ptr
+        }
+    };
+    // SAFETY: a live map value; see above for the (benign) race between CPUs.
+    let stats = unsafe { &mut *stats };
+    stats.calls += 1;
+    stats.total_ns += latency;
+    if latency > stats.max_ns {
+        stats.max_ns = latency;
+    }
+    let index = core::hint::black_box(bucket_of(latency));
+    if let Some(bucket) = stats.buckets.get_mut(index) {
+        *bucket += 1;
+    }
 }
 
 /// Offset of `orig_ax` (the syscall number) in `x86_64`'s `struct pt_regs`:
