@@ -122,9 +122,10 @@ fn count_call(pid: u32, nr: u32, generation: u32) {
             // SAFETY: this CPU's slot of a live map value; no preemption.
             unsafe { (*counts).calls += slot.calls };
         }
-    } else if SYS_COMMS.get_ptr(&pid).is_none() {
-        // A pair new on this CPU in this window, of a process not named
-        // yet: the current task is that process, so name it now.
+    }
+    if SYS_COMMS.get_ptr(&pid).is_none() {
+        // A pair new to this slot, of a process not named yet: the current
+        // task is that process, so name it now (a lookup on misses only).
         remember_comm(pid);
     }
     slot.pid = pid;
