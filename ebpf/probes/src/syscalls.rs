@@ -289,12 +289,12 @@ fn stats_slot(key: &SysKey) -> Option<*mut SysStats> {
 
 #[inline(always)]
 fn count_errno(key: SysErrKey) {
-    if let Some(count) = SYS_ERRNOS.get_ptr_mut(&key) {
+    if let Some(count) = SYS_ERRNOS.get_ptr_mut(key) {
         // SAFETY: this CPU's slot of a live map value; no preemption.
         unsafe { *count += 1 };
-    } else if SYS_ERRNOS.insert(&key, 1, u64::from(BPF_NOEXIST)).is_err() {
+    } else if SYS_ERRNOS.insert(key, 1, u64::from(BPF_NOEXIST)).is_err() {
         // EEXIST: another CPU created it; this CPU's slot is now zero.
-        match SYS_ERRNOS.get_ptr_mut(&key) {
+        match SYS_ERRNOS.get_ptr_mut(key) {
             // SAFETY: as above.
             Some(count) => unsafe { *count += 1 },
             None => bump(Counter::SyscallErrnoMapFull),

@@ -13,7 +13,8 @@ use qprof_common::{
     counters::Counter,
     hist::bucket_of,
     syscalls::{
-        MAX_SYSCALL_NR, SAMPLE_SLOTS, SysConfig, SysCounts, SysErrKey, SysKey, count_cache_index,
+        MAX_SYSCALL_NR, SAMPLE_SLOTS, SysConfig, SysCounts, SysErrKey, SysKey, SysStats,
+        count_cache_index,
     },
 };
 
@@ -123,7 +124,7 @@ fn count_call(pid: u32, nr: u32, generation: u32) {
             unsafe { (*counts).calls += slot.calls };
         }
     }
-    if SYS_COMMS.get_ptr(&pid).is_none() {
+    if SYS_COMMS.get_ptr(pid).is_none() {
         // A pair new to this slot, of a process not named yet: the current
         // task is that process, so name it now (a lookup on misses only).
         remember_comm(pid);
@@ -201,27 +202,8 @@ fn count_exit(ctx: &RawTracePointContext) {
 /// memory does not grow with the CPU count.
 #[inline(always)]
 fn add_sampled(key: &SysKey, latency: u64) {
-    let stats = match SYS_SAMPLED.get_ptr_mut(key) {
-        Some(ptr) => ptr,
-        None => {
-            let Some(zero) = SYS_ZERO.get_ptr(0) else {
-                return;
-            };
-            // SAFETY: `zero` is a live, never-written map value.
-            let zero = unsafe { &*zero };
-            // EEXIST (another CPU inserted it first) is fine: look it up.
-            if SYS_SAMPLED
-                .insert(key, zero, u64::from(BPF_NOEXIST))
-                .is_ok()
-            {
-                remember_comm(key.pid);
-            }
-            let Some(ptr) = SYS_SAMPLED.get_ptr_mut(key) else {
-                bump(Counter::SyscallMapFull);
-                return;
-            };
-            ptr
-        }
+    let Some(stats) = SYS_SAMPLED.get_ptr_mut(key).or_else(|| insert_sampled(key)) else {
+        return;
     };
     // SAFETY: a live map value; see above for the (benign) race between CPUs.
     let stats = unsafe { &mut *stats };
@@ -234,6 +216,26 @@ fn add_sampled(key: &SysKey, latency: u64) {
     if let Some(bucket) = stats.buckets.get_mut(index) {
         *bucket += 1;
     }
+}
+
+/// Creates the shared entry of `key` (naming the process) and returns it.
+#[inline(always)]
+fn insert_sampled(key: &SysKey) -> Option<*mut SysStats> {
+    let zero = SYS_ZERO.get_ptr(0)?;
+    // SAFETY: `zero` is a live, never-written map value.
+    let zero = unsafe { &*zero };
+    // EEXIST (another CPU inserted it first) is fine: look it up.
+    if SYS_SAMPLED
+        .insert(key, zero, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        remember_comm(key.pid);
+    }
+    let ptr = SYS_SAMPLED.get_ptr_mut(key);
+    if ptr.is_none() {
+        bump(Counter::SyscallMapFull);
+    }
+    ptr
 }
 
 /// Offset of `orig_ax` (the syscall number) in `x86_64`'s `struct pt_regs`:
@@ -280,11 +282,7 @@ fn counts_slot(key: &SysKey, current: bool) -> Option<*mut SysCounts> {
         return Some(ptr);
     }
     let zero = SysCounts::default();
-    if SYS_COUNTS
-        .insert(key, &zero, u64::from(BPF_NOEXIST))
-        .is_ok()
-        && current
-    {
+    if SYS_COUNTS.insert(key, zero, u64::from(BPF_NOEXIST)).is_ok() && current {
         remember_comm(key.pid);
     }
     let ptr = SYS_COUNTS.get_ptr_mut(key);
