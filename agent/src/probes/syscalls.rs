@@ -145,15 +145,21 @@ impl Component for SyscallTracer {
     fn poll(&mut self) {}
 
     /// Distinct (pid, syscall) pairs in the current window (walks the keys).
+    /// In counts mode a lower bound: the busier of the pairs sampled and the
+    /// pairs that left the per-CPU cache; walking the cache itself every
+    /// poll would cost more than the display is worth.
     fn progress(&self) -> u64 {
         match self.mode {
-            SyscallMode::Counts { .. } => key_count::<SysCounts>(&self.ebpf, MAP_COUNTS),
+            SyscallMode::Counts { .. } => key_count::<SysCounts>(&self.ebpf, MAP_COUNTS)
+                .max(shared_key_count(&self.ebpf, MAP_SAMPLED)),
             SyscallMode::Full | SyscallMode::Floor => key_count::<SysStats>(&self.ebpf, MAP_STATS),
         }
     }
 
     /// Flips the generation, waits [`GRACE`], then reads and clears the
-    /// window that just ended. Blocks for [`GRACE`].
+    /// window that just ended. Blocks for [`GRACE`]. If reading fails half
+    /// way, what was not read stays under its generation and comes back
+    /// with the window after next (late, not lost).
     fn snapshot(&mut self) -> Result<SyscallTable, ProbeError> {
         let ended = self.config.generation;
         self.config.generation ^= 1;
@@ -340,6 +346,14 @@ fn key_count<V: Pod>(ebpf: &Ebpf, name: &'static str) -> u64 {
     map(ebpf, name)
         .ok()
         .and_then(|m| PerCpuHashMap::<_, SysKey, V>::try_from(m).ok())
+        .map_or(0, |m| m.keys().count() as u64)
+}
+
+/// Keys in the shared hash of sampled latencies (0 if it cannot be read).
+fn shared_key_count(ebpf: &Ebpf, name: &'static str) -> u64 {
+    map(ebpf, name)
+        .ok()
+        .and_then(|m| HashMap::<_, SysKey, SysStats>::try_from(m).ok())
         .map_or(0, |m| m.keys().count() as u64)
 }
 
