@@ -19,9 +19,8 @@ use aya::{
 };
 use qprof_common::syscalls::{
     COUNT_CACHE_SLOTS, CountSlot, DEFAULT_SAMPLE_EVERY, MAP_COMMS, MAP_CONFIG, MAP_COUNT_CACHE,
-    MAP_COUNTS, MAP_ERRNOS, MAP_INFLIGHT, MAP_SAMPLE_LOST, MAP_SAMPLE_SLOTS, MAP_STATS,
-    MAP_TARGET_NRS, MAP_TARGET_PIDS, SAMPLED_STATS_CAPACITY, SysConfig, SysCounts, SysErrKey,
-    SysKey, SysStats,
+    MAP_COUNTS, MAP_ERRNOS, MAP_INFLIGHT, MAP_SAMPLE_LOST, MAP_SAMPLE_SLOTS, MAP_SAMPLED,
+    MAP_STATS, MAP_TARGET_NRS, MAP_TARGET_PIDS, SysConfig, SysCounts, SysErrKey, SysKey, SysStats,
 };
 
 use super::{
@@ -78,14 +77,15 @@ impl SyscallMode {
     /// always-on mode does not hold the full mode's 18 MiB per CPU.
     fn unused_maps(self) -> &'static [&'static str] {
         match self {
-            Self::Counts { .. } => &[MAP_INFLIGHT],
-            Self::Full => &[MAP_COUNTS, MAP_COUNT_CACHE, MAP_SAMPLE_SLOTS],
+            Self::Counts { .. } => &[MAP_INFLIGHT, MAP_STATS],
+            Self::Full => &[MAP_COUNTS, MAP_COUNT_CACHE, MAP_SAMPLE_SLOTS, MAP_SAMPLED],
             Self::Floor => &[
                 MAP_INFLIGHT,
                 MAP_COUNTS,
                 MAP_COUNT_CACHE,
                 MAP_SAMPLE_SLOTS,
                 MAP_STATS,
+                MAP_SAMPLED,
                 MAP_ERRNOS,
             ],
         }
@@ -124,9 +124,6 @@ impl Component for SyscallTracer {
         for name in config.mode.unused_maps() {
             loader.map_max_entries(name, 1);
         }
-        if matches!(config.mode, SyscallMode::Counts { .. }) {
-            loader.map_max_entries(MAP_STATS, SAMPLED_STATS_CAPACITY);
-        }
         let mut ebpf = loader.load(PROBES_OBJECT)?;
         let sys_config = configure(&mut ebpf, config)?;
         let mut tracer = Self {
@@ -148,15 +145,21 @@ impl Component for SyscallTracer {
     fn poll(&mut self) {}
 
     /// Distinct (pid, syscall) pairs in the current window (walks the keys).
+    /// In counts mode a lower bound: the busier of the pairs sampled and the
+    /// pairs that left the per-CPU cache; walking the cache itself every
+    /// poll would cost more than the display is worth.
     fn progress(&self) -> u64 {
         match self.mode {
-            SyscallMode::Counts { .. } => key_count::<SysCounts>(&self.ebpf, MAP_COUNTS),
+            SyscallMode::Counts { .. } => key_count::<SysCounts>(&self.ebpf, MAP_COUNTS)
+                .max(shared_key_count(&self.ebpf, MAP_SAMPLED)),
             SyscallMode::Full | SyscallMode::Floor => key_count::<SysStats>(&self.ebpf, MAP_STATS),
         }
     }
 
     /// Flips the generation, waits [`GRACE`], then reads and clears the
-    /// window that just ended. Blocks for [`GRACE`].
+    /// window that just ended. Blocks for [`GRACE`]. If reading fails half
+    /// way, what was not read stays under its generation and comes back
+    /// with the window after next (late, not lost).
     fn snapshot(&mut self) -> Result<SyscallTable, ProbeError> {
         let ended = self.config.generation;
         self.config.generation ^= 1;
@@ -195,36 +198,26 @@ impl SyscallTracer {
         if self.mode == SyscallMode::Floor {
             return Ok(table);
         }
-        let counted = matches!(self.mode, SyscallMode::Counts { .. });
-        if counted {
+        let this = |k: &SysKey| k.generation == generation;
+        if matches!(self.mode, SyscallMode::Counts { .. }) {
             drain_count_cache(&mut self.ebpf, u32::from(generation), &mut table)?;
-            drain::<SysKey, SysCounts>(
-                &mut self.ebpf,
-                MAP_COUNTS,
-                |k| k.generation == generation,
-                |k, v| {
-                    for c in v.iter() {
-                        table.add_counts(k.pid, u32::from(k.nr), c.calls, c.errors);
-                    }
-                },
-            )?;
-        }
-        drain::<SysKey, SysStats>(
-            &mut self.ebpf,
-            MAP_STATS,
-            |k| k.generation == generation,
-            |k, v| {
-                for s in v.iter() {
-                    let nr = u32::from(k.nr);
-                    if counted {
-                        table.add_timed(k.pid, nr, s.calls, s.total_ns, s.max_ns, &s.buckets);
-                    } else {
-                        let (c, e, t, m) = (s.calls, s.errors, s.total_ns, s.max_ns);
-                        table.add(k.pid, nr, c, e, t, m, &s.buckets);
-                    }
+            drain::<SysKey, SysCounts>(&mut self.ebpf, MAP_COUNTS, this, |k, v| {
+                for c in v.iter() {
+                    table.add_counts(k.pid, u32::from(k.nr), c.calls, c.errors);
                 }
-            },
-        )?;
+            })?;
+            drain_shared(&mut self.ebpf, MAP_SAMPLED, this, |k, s| {
+                let nr = u32::from(k.nr);
+                table.add_timed(k.pid, nr, s.calls, s.total_ns, s.max_ns, &s.buckets);
+            })?;
+        } else {
+            drain::<SysKey, SysStats>(&mut self.ebpf, MAP_STATS, this, |k, v| {
+                for s in v.iter() {
+                    let (c, e, t, m) = (s.calls, s.errors, s.total_ns, s.max_ns);
+                    table.add(k.pid, u32::from(k.nr), c, e, t, m, &s.buckets);
+                }
+            })?;
+        }
         drain::<SysErrKey, u64>(
             &mut self.ebpf,
             MAP_ERRNOS,
@@ -298,6 +291,29 @@ fn drain<K: Pod, V: Pod>(
     Ok(())
 }
 
+/// [`drain`] for the shared (not per-CPU) hash of sampled latencies.
+fn drain_shared(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    take: impl Fn(&SysKey) -> bool,
+    mut add: impl FnMut(&SysKey, &SysStats),
+) -> Result<(), ProbeError> {
+    let mut hash: HashMap<_, SysKey, SysStats> =
+        HashMap::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+    let keys: Vec<SysKey> = hash
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| take(k))
+        .collect();
+    for key in &keys {
+        if let Ok(value) = hash.get(key, 0) {
+            add(key, &value);
+        }
+        hash.remove(key).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
 /// Reads and clears `generation`'s half of the per-CPU call-count cache
 /// (no program writes it after the generation flip).
 fn drain_count_cache(
@@ -330,6 +346,14 @@ fn key_count<V: Pod>(ebpf: &Ebpf, name: &'static str) -> u64 {
     map(ebpf, name)
         .ok()
         .and_then(|m| PerCpuHashMap::<_, SysKey, V>::try_from(m).ok())
+        .map_or(0, |m| m.keys().count() as u64)
+}
+
+/// Keys in the shared hash of sampled latencies (0 if it cannot be read).
+fn shared_key_count(ebpf: &Ebpf, name: &'static str) -> u64 {
+    map(ebpf, name)
+        .ok()
+        .and_then(|m| HashMap::<_, SysKey, SysStats>::try_from(m).ok())
         .map_or(0, |m| m.keys().count() as u64)
 }
 

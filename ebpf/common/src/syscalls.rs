@@ -6,7 +6,7 @@
 //!   (pid, syscall) counted on enter in a per-CPU cache (`SYS_COUNT_CACHE`,
 //!   spilling into `SYS_COUNTS`) and on failing exits, and the latency of a
 //!   sample of calls (about 1 in `SysConfig::sample_every` per CPU) in
-//!   `SYS_STATS`, timed through a per-thread slot of `SYS_SAMPLE_SLOTS`;
+//!   `SYS_SAMPLED`, timed through a per-thread slot of `SYS_SAMPLE_SLOTS`;
 //! - **full** (`record syscalls`, on-demand captures): exact calls and
 //!   errors as above and every call timed (the in-flight start kept per
 //!   thread in `SYS_INFLIGHT`).
@@ -19,6 +19,7 @@
 use crate::hist::BUCKETS;
 
 pub const MAP_STATS: &str = "SYS_STATS";
+pub const MAP_SAMPLED: &str = "SYS_SAMPLED";
 pub const MAP_COUNTS: &str = "SYS_COUNTS";
 pub const MAP_ERRNOS: &str = "SYS_ERRNOS";
 pub const MAP_INFLIGHT: &str = "SYS_INFLIGHT";
@@ -31,17 +32,20 @@ pub const MAP_TARGET_PIDS: &str = "SYS_TARGET_PIDS";
 pub const MAP_TARGET_NRS: &str = "SYS_TARGET_NRS";
 pub const MAP_CONFIG: &str = "SYS_CONFIG";
 
-/// Distinct (pid, syscall) pairs with a latency histogram, per window. A busy
-/// host runs a few hundred processes using ~30 syscalls each; 16,384 pairs
-/// cover that several times. Each entry is `size_of::<SysStats>()` (1,120
-/// bytes) per CPU, so this is 18 MiB per CPU at most: full mode only; the
-/// counts mode loads it with [`SAMPLED_STATS_CAPACITY`]. Pairs beyond it
-/// are counted, not kept.
+/// Distinct (pid, syscall) pairs with a latency histogram, per window (full
+/// mode). A busy host runs a few hundred processes using ~30 syscalls each;
+/// 16,384 pairs cover that several times. Each entry is
+/// `size_of::<SysStats>()` (1,120 bytes) per CPU, so this is 18 MiB per CPU
+/// at most: on demand only; the counts mode loads it with one entry. Pairs
+/// beyond it are counted, not kept.
 pub const STATS_CAPACITY: u32 = 16_384;
-/// `SYS_STATS` in counts mode: only sampled calls reach it, so a pair that
-/// makes few calls may never need an entry; 4,096 pairs (4.4 MiB per CPU)
-/// cover the busy pairs of a host, which are the ones sampling reaches.
-pub const SAMPLED_STATS_CAPACITY: u32 = 4_096;
+/// `SYS_SAMPLED` (counts mode): the sampled calls' histograms. One shared
+/// (not per-CPU) hash: only ~1 call in 64 reaches it, so CPUs rarely meet
+/// on a value (the programs' doc says what a meeting costs), and its memory
+/// does not grow with the CPU count (4,096 x 1,120 bytes = 4.4 MiB on any host, where a
+/// per-CPU map would take that per CPU). 4,096 pairs: the busy pairs of a
+/// host, which are the ones sampling reaches.
+pub const SAMPLED_CAPACITY: u32 = 4_096;
 /// Distinct (pid, syscall) pairs with exact counts, per window (16 bytes per
 /// CPU each: 256 KiB per CPU), as many as `STATS_CAPACITY` for the same reason.
 pub const COUNTS_CAPACITY: u32 = 16_384;
@@ -109,7 +113,7 @@ pub struct SysKey {
 }
 const _: () = assert!(core::mem::size_of::<SysKey>() == 8);
 
-/// Value of `SYS_STATS` (per CPU): timed calls.
+/// Value of `SYS_STATS` (per CPU) and `SYS_SAMPLED` (shared): timed calls.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SysStats {

@@ -17,11 +17,8 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
-    },
-    macros::{map, raw_tracepoint},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
 };
@@ -30,16 +27,21 @@ use qprof_common::{
     hist::bucket_of,
     syscalls::{
         COMMS_CAPACITY, COUNT_CACHE_SLOTS, COUNTS_CAPACITY, CountSlot, ERRNOS_CAPACITY,
-        INFLIGHT_CAPACITY, INLINE_PIDS, Inflight, MAX_SYSCALL_NR, SAMPLE_SLOTS, STATS_CAPACITY,
-        SysConfig, SysCounts, SysErrKey, SysKey, SysStats, TARGET_PIDS_CAPACITY, count_cache_index,
+        INFLIGHT_CAPACITY, INLINE_PIDS, Inflight, MAX_SYSCALL_NR, SAMPLE_SLOTS, SAMPLED_CAPACITY,
+        STATS_CAPACITY, SysConfig, SysCounts, SysErrKey, SysKey, SysStats, TARGET_PIDS_CAPACITY,
     },
 };
 
 use crate::counters::bump;
 
+mod counts;
+
 #[map(name = "SYS_STATS")]
 static SYS_STATS: PerCpuHashMap<SysKey, SysStats> =
     PerCpuHashMap::with_max_entries(STATS_CAPACITY, 0);
+
+#[map(name = "SYS_SAMPLED")]
+static SYS_SAMPLED: HashMap<SysKey, SysStats> = HashMap::with_max_entries(SAMPLED_CAPACITY, 0);
 
 #[map(name = "SYS_COUNTS")]
 static SYS_COUNTS: PerCpuHashMap<SysKey, SysCounts> =
@@ -112,231 +114,6 @@ fn errno_of(ret: i64) -> u32 {
 #[inline(always)]
 fn config() -> Option<&'static SysConfig> {
     SYS_CONFIG.get(0).filter(|c| c.active != 0)
-}
-
-/// Raw tracepoint `sys_enter`, counts mode: (regs, syscall id).
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_count_enter(ctx: RawTracePointContext) -> i32 {
-    count_enter(&ctx);
-    0
-}
-
-/// Raw tracepoint `sys_exit`, counts mode: (regs, return value).
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_count_exit(ctx: RawTracePointContext) -> i32 {
-    count_exit(&ctx);
-    0
-}
-
-/// The benchmark's floor: an empty program on `sys_enter`, which is what any
-/// program on this tracepoint costs (the kernel's slow syscall path plus
-/// one BPF call).
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_floor_enter(_ctx: RawTracePointContext) -> i32 {
-    0
-}
-
-/// The floor's `sys_exit` half.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_floor_exit(_ctx: RawTracePointContext) -> i32 {
-    0
-}
-
-#[inline(always)]
-fn count_enter(ctx: &RawTracePointContext) {
-    let Some(config) = config() else {
-        return;
-    };
-    let nr: i64 = ctx.arg(1);
-    if nr < 0 || nr >= i64::from(MAX_SYSCALL_NR) {
-        return;
-    }
-    let nr = nr as u32;
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let pid = (pid_tgid >> 32) as u32;
-    if !wanted(config, pid, nr) {
-        return;
-    }
-    count_call(pid, nr, config.generation);
-    let Some(tick) = SYS_SAMPLE_TICK.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot of a per-CPU array; no preemption.
-    let left = unsafe { &mut *tick };
-    if *left > 1 {
-        *left -= 1;
-        return;
-    }
-    // A uniform countdown in [1, 2n-1]: mean n, and no lockstep with a
-    // program that cycles through a fixed sequence of syscalls.
-    let every = config.sample_every.max(1);
-    // SAFETY: bpf_get_prandom_u32 takes no arguments and cannot fail.
-    *left = 1 + unsafe { bpf_get_prandom_u32() } % (2 * every - 1);
-    if nr != NR_EXIT && nr != NR_EXIT_GROUP {
-        start_sample(pid_tgid as u32, nr);
-    }
-}
-
-/// `exit` and `exit_group` (`x86_64`) never return: a sample of one would
-/// hold its slot until [`SLOT_STALE_NS`].
-const NR_EXIT: u32 = 60;
-const NR_EXIT_GROUP: u32 = 231;
-
-/// A sample slot held this long by another thread is taken over: its owner
-/// died inside the call (a kill, an `execve` that changed its tid), or is in
-/// a very long wait whose one sample is then given up.
-const SLOT_STALE_NS: u64 = 10_000_000_000;
-
-/// One call of (pid, nr): in this CPU's cache slot for the pair when it
-/// holds it; otherwise the holder's calls move to `SYS_COUNTS` and the pair
-/// takes the slot.
-#[inline(always)]
-fn count_call(pid: u32, nr: u32, generation: u32) {
-    let index = core::hint::black_box(count_cache_index(pid, nr, generation));
-    let Some(slot) = SYS_COUNT_CACHE.get_ptr_mut(index) else {
-        return;
-    };
-    // SAFETY: this CPU's element of a per-CPU array; BPF programs on one CPU
-    // do not preempt each other.
-    let slot = unsafe { &mut *slot };
-    if slot.calls != 0 && slot.pid == pid && slot.nr == nr {
-        slot.calls += 1;
-        return;
-    }
-    if slot.calls != 0 {
-        let evicted = SysKey {
-            pid: slot.pid,
-            nr: slot.nr as u16,
-            generation: generation as u16,
-        };
-        if let Some(counts) = counts_slot(&evicted, false) {
-            // SAFETY: this CPU's slot of a live map value; no preemption.
-            unsafe { (*counts).calls += slot.calls };
-        }
-    } else if SYS_COMMS.get_ptr(&pid).is_none() {
-        // A pair new on this CPU in this window, of a process not named
-        // yet: the current task is that process, so name it now.
-        remember_comm(pid);
-    }
-    slot.pid = pid;
-    slot.nr = nr;
-    slot.calls = 1;
-}
-
-/// Claims this thread's sample slot for the call now entering.
-#[inline(always)]
-fn start_sample(tid: u32, nr: u32) {
-    let Some(slot) = SYS_SAMPLE_SLOTS.get_ptr_mut(tid % SAMPLE_SLOTS) else {
-        return;
-    };
-    // SAFETY: a live array value; a slot is written by the thread whose
-    // tid it holds (or claims it when free), and a thread's enter and exit
-    // never overlap. Two threads racing for a free slot is harmless: the
-    // exit checks the tid, and the loser's sample is simply not taken.
-    unsafe {
-        let now = now_ns();
-        let busy = (*slot).start_ns != 0 && (*slot).tid != tid;
-        if busy && now.saturating_sub((*slot).start_ns) < SLOT_STALE_NS {
-            if let Some(lost) = SYS_SAMPLE_LOST.get_ptr_mut(0) {
-                *lost += 1;
-            }
-            return;
-        }
-        (*slot).tid = tid;
-        (*slot).nr = nr;
-        (*slot).start_ns = now;
-    }
-}
-
-#[inline(always)]
-fn count_exit(ctx: &RawTracePointContext) {
-    let Some(config) = config() else {
-        return;
-    };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    let pid = (pid_tgid >> 32) as u32;
-    let ret: i64 = ctx.arg(1);
-    let errno = errno_of(ret);
-    if errno != 0 {
-        count_error(ctx, config, pid, errno);
-    }
-    let Some(slot) = SYS_SAMPLE_SLOTS.get_ptr_mut(tid % SAMPLE_SLOTS) else {
-        return;
-    };
-    // SAFETY: a live array value; see start_sample.
-    let sample = unsafe {
-        if (*slot).start_ns == 0 || (*slot).tid != tid {
-            return;
-        }
-        let copy = *slot;
-        (*slot).start_ns = 0;
-        copy
-    };
-    let key = SysKey {
-        pid,
-        nr: sample.nr as u16,
-        generation: config.generation as u16,
-    };
-    add_latency(&key, now_ns().saturating_sub(sample.start_ns), false);
-}
-
-/// Offset of `orig_ax` (the syscall number) in `x86_64`'s `struct pt_regs`:
-/// fifteen 8-byte registers precede it. Read only for failed calls.
-const PT_REGS_ORIG_AX: usize = 15;
-
-/// A failed call (counts mode): the exit knows only the return value, so the
-/// syscall number comes from the registers the tracepoint passes.
-#[inline(always)]
-fn count_error(ctx: &RawTracePointContext, config: &SysConfig, pid: u32, errno: u32) {
-    let regs: *const u64 = ctx.arg(0);
-    // SAFETY: `regs` is the tracepoint's `struct pt_regs *`; the read is
-    // checked by the helper and fails cleanly on a bad address.
-    let Ok(nr) = (unsafe { bpf_probe_read_kernel(regs.wrapping_add(PT_REGS_ORIG_AX)) }) else {
-        return;
-    };
-    if nr >= u64::from(MAX_SYSCALL_NR) || !wanted(config, pid, nr as u32) {
-        return;
-    }
-    let key = SysKey {
-        pid,
-        nr: nr as u16,
-        generation: config.generation as u16,
-    };
-    if let Some(counts) = counts_slot(&key, true) {
-        // SAFETY: this CPU's slot of a live map value; no preemption.
-        unsafe { (*counts).errors += 1 };
-    }
-    count_errno(SysErrKey {
-        pid,
-        nr: key.nr,
-        generation: key.generation,
-        errno,
-        pad: 0,
-    });
-}
-
-/// This CPU's counts for `key`, creating the entry (and, when the current
-/// task is `key.pid`, remembering its name, for processes that exit before
-/// the window is read).
-#[inline(always)]
-fn counts_slot(key: &SysKey, current: bool) -> Option<*mut SysCounts> {
-    if let Some(ptr) = SYS_COUNTS.get_ptr_mut(key) {
-        return Some(ptr);
-    }
-    let zero = SysCounts::default();
-    if SYS_COUNTS
-        .insert(key, &zero, u64::from(BPF_NOEXIST))
-        .is_ok()
-        && current
-    {
-        remember_comm(key.pid);
-    }
-    let ptr = SYS_COUNTS.get_ptr_mut(key);
-    if ptr.is_none() {
-        bump(Counter::SyscallMapFull);
-    }
-    ptr
 }
 
 #[inline(always)]
@@ -512,12 +289,12 @@ fn stats_slot(key: &SysKey) -> Option<*mut SysStats> {
 
 #[inline(always)]
 fn count_errno(key: SysErrKey) {
-    if let Some(count) = SYS_ERRNOS.get_ptr_mut(&key) {
+    if let Some(count) = SYS_ERRNOS.get_ptr_mut(key) {
         // SAFETY: this CPU's slot of a live map value; no preemption.
         unsafe { *count += 1 };
-    } else if SYS_ERRNOS.insert(&key, 1, u64::from(BPF_NOEXIST)).is_err() {
+    } else if SYS_ERRNOS.insert(key, 1, u64::from(BPF_NOEXIST)).is_err() {
         // EEXIST: another CPU created it; this CPU's slot is now zero.
-        match SYS_ERRNOS.get_ptr_mut(&key) {
+        match SYS_ERRNOS.get_ptr_mut(key) {
             // SAFETY: as above.
             Some(count) => unsafe { *count += 1 },
             None => bump(Counter::SyscallErrnoMapFull),
