@@ -87,6 +87,7 @@ fn drive<C: Component>(
     sink: &dyn Fn(&Shared, C::Snapshot, WindowSpan),
 ) -> anyhow::Result<()> {
     let mut component = C::start(config)?;
+    release_freed_memory();
     let window = shared.window();
     log(&format!(
         "{} is on (windows of {}s)",
@@ -116,5 +117,18 @@ fn drive<C: Component>(
             }
         }
         std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// Gives the memory freed after a start back to the system. Starting a
+/// component parses the kernel's BTF and builds the object (tens of MB,
+/// freed at once); each start runs on its own blocking thread, whose
+/// glibc arena would otherwise keep that peak resident for ever (measured:
+/// 43 MB of an idle agent's 69 MB RSS).
+fn release_freed_memory() {
+    // SAFETY: malloc_trim has no preconditions; it only returns free pages
+    // of the malloc arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
