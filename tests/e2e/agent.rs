@@ -484,3 +484,23 @@ fn pyroscope_push_of_each_window() {
     let top = qprof_e2e::pprof_tool::top(&path, "samples");
     assert!(top.contains("flat"), "{top}");
 }
+
+/// The agent's own CPU profile is a gzip pprof `go tool pprof` reads; a bad `seconds` is a 400 with a JSON error.
+#[test]
+fn self_profile_endpoint() {
+    require_root();
+    let _g = serial();
+    let conf = format!("{FAST}[continuous]\nqueries = false\ntcp = false\n");
+    let agent = AgentRun::start("selfprof", &conf, &[]);
+    let a = agent.get("/debug/pprof/profile?seconds=2");
+    assert_eq!(a.status, 200, "{}", a.text());
+    let path = agent.dir.join("self.pb.gz");
+    std::fs::write(&path, &a.body).unwrap();
+    let top = qprof_e2e::pprof_tool::top(&path, "cpu");
+    assert!(top.contains("flat"), "{top}");
+    for bad in ["seconds=0", "seconds=9999", "seconds=abc"] {
+        let a = agent.get(&format!("/debug/pprof/profile?{bad}"));
+        assert_eq!(a.status, 400, "{bad}: {}", a.text());
+        assert!(a.json()["error"].is_string());
+    }
+}

@@ -77,10 +77,7 @@ impl Receiver {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let mut reader = BufReader::new(stream);
-                loop {
-                    let Some(rec) = read_request(&mut reader) else {
-                        break;
-                    };
+                while let Some(rec) = read_request(&mut reader) {
                     if let Ok(mut all) = sink.lock() {
                         all.push(rec);
                     }

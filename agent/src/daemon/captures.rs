@@ -62,6 +62,8 @@ impl Captures {
                 (m.id.clone(), m)
             })
             .collect();
+        let mut metas = metas;
+        forget_oldest(&mut metas, MAX_LISTED);
         Self {
             metas: Mutex::new(metas),
             running: Mutex::new(BTreeMap::new()),
@@ -86,6 +88,31 @@ impl Captures {
     fn put(&self, meta: CaptureMeta) {
         if let Ok(mut m) = self.metas.lock() {
             m.insert(meta.id.clone(), meta);
+            forget_oldest(&mut m, MAX_LISTED);
+        }
+    }
+}
+
+/// Captures the agent lists (and serves by id): the newest 1,000, a few
+/// hundred bytes of meta each. Older ones stay on disk, where a restart
+/// or a person finds them; the store has no retention for captures (they
+/// were asked for).
+const MAX_LISTED: usize = 1000;
+
+/// Drops the oldest finished metas past `max` (ids start with their start
+/// time in ms, so the map's order is their age); running ones are kept.
+fn forget_oldest(metas: &mut BTreeMap<String, CaptureMeta>, max: usize) {
+    while metas.len() > max {
+        let oldest = metas
+            .iter()
+            .filter(|(_, m)| m.status != CaptureStatus::Running)
+            .min_by_key(|(_, m)| m.started_unix_ms)
+            .map(|(id, _)| id.clone());
+        match oldest {
+            Some(id) => {
+                metas.remove(&id);
+            }
+            None => return,
         }
     }
 }
@@ -225,4 +252,50 @@ pub fn record<C: Component>(
         std::thread::sleep(POLL_EVERY.min(end.saturating_duration_since(Instant::now())));
     }
     Ok(component.stop()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &str, started: u64, status: CaptureStatus) -> CaptureMeta {
+        CaptureMeta {
+            id: id.into(),
+            kind: "cpu".into(),
+            status,
+            reason: "on-demand".into(),
+            started_unix_ms: started,
+            duration_s: 1.0,
+            elapsed_s: 0.0,
+            pids: vec![],
+            hz: None,
+            files: vec![],
+            counts: vec![],
+            drops: vec![],
+            error: None,
+        }
+    }
+
+    /// The listed captures are bounded: the oldest finished ones go first, a running one stays.
+    #[test]
+    fn listing_is_bounded_oldest_first() {
+        let old: Vec<CaptureMeta> = (0..5)
+            .map(|i| meta(&format!("{i}-cpu"), i, CaptureStatus::Done))
+            .collect();
+        let mut map: BTreeMap<String, CaptureMeta> =
+            old.into_iter().map(|m| (m.id.clone(), m)).collect();
+        map.insert("0-tcp".into(), meta("0-tcp", 0, CaptureStatus::Running));
+        forget_oldest(&mut map, 3);
+        let ids: Vec<&str> = map.keys().map(String::as_str).collect();
+        assert_eq!(ids, ["0-tcp", "3-cpu", "4-cpu"]);
+    }
+
+    /// A capture left running by a previous agent is listed as failed, with why.
+    #[test]
+    fn running_captures_of_a_dead_agent_are_failed() {
+        let c = Captures::new(vec![meta("1-cpu", 1, CaptureStatus::Running)]);
+        let m = c.get("1-cpu").unwrap();
+        assert_eq!(m.status, CaptureStatus::Failed);
+        assert!(m.error.unwrap().contains("stopped"));
+    }
 }
