@@ -27,9 +27,10 @@ impl Prometheus {
     #[must_use]
     pub fn start(tag: &str, target: &str, interval: Duration) -> Self {
         let dir = TempDir::new(&format!("prom-{tag}"));
-        let secs = interval.as_secs_f64();
+        // Prometheus durations take integer units: milliseconds.
+        let ms = interval.as_millis().max(1);
         let config = format!(
-            "global:\n  scrape_interval: {secs}s\n  scrape_timeout: {secs}s\n  evaluation_interval: {secs}s\n\
+            "global:\n  scrape_interval: {ms}ms\n  scrape_timeout: {ms}ms\n  evaluation_interval: {ms}ms\n\
              scrape_configs:\n  - job_name: qprof\n    static_configs:\n      - targets: ['{target}']\n"
         );
         let conf = dir.join("prometheus.yml");
