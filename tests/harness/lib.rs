@@ -9,8 +9,10 @@
 
 pub mod agent;
 pub mod net;
+pub mod pgbench;
 pub mod postgres;
 pub mod pprof_tool;
+pub mod prometheus;
 pub mod receiver;
 pub mod session;
 
