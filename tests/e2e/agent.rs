@@ -415,7 +415,7 @@ fn capture_and_top_clients() {
     }
 }
 
-/// With `[pyroscope] url`, each CPU window reaches the ingest API as a valid gzip pprof (read by `go tool pprof`) in a multipart `profile` field, one request per process, labelled with service_name (its comm), host and pid.
+/// With `[pyroscope] url`, each CPU window reaches the ingest API as a valid gzip pprof (read by `go tool pprof`) in a multipart `profile` field, one request per process, labelled with `service_name` (its comm), host and pid.
 #[test]
 fn pyroscope_push_of_each_window() {
     require_root();
