@@ -59,6 +59,28 @@ pub fn spawn_sampler(shared: &Arc<Shared>) {
                 s.metrics.set_process_counters(counts, counters.losses());
                 s.metrics.set_bpf_stats(bpf_program_stats(&own_programs()));
                 s.metrics.set_store_bytes("data", s.store.size());
+                if let Ok(q) = s.queries.lock() {
+                    s.metrics.set_map_fill(
+                        "agent_query_table",
+                        q.len() as u64,
+                        q.capacity() as u64,
+                    );
+                }
+                if let Some(p) = &s.pyroscope {
+                    let st = p.stats();
+                    let load = |a: &std::sync::atomic::AtomicU64| {
+                        a.load(std::sync::atomic::Ordering::Relaxed)
+                    };
+                    s.metrics.add_lost_totals(
+                        "pyroscope",
+                        &[
+                            ("pyroscope_push_failed", load(&st.failed)),
+                            ("pyroscope_push_rejected", load(&st.rejected)),
+                            ("pyroscope_queue_full", load(&st.dropped_queue_full)),
+                            ("pyroscope_processes_left_out", load(&st.dropped_processes)),
+                        ],
+                    );
+                }
             }
             std::thread::sleep(Duration::from_millis(200));
         }

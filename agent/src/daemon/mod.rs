@@ -96,6 +96,25 @@ impl Shared {
     }
 }
 
+/// A `Shared` on a scratch data directory, for tests of the daemon's parts.
+#[cfg(test)]
+pub(crate) fn test_shared(dir: &std::path::Path, config: Config) -> Arc<Shared> {
+    Arc::new(Shared {
+        store: Store::open(dir).expect("scratch store"),
+        token: None,
+        health: Health::default(),
+        recent: Mutex::new(RecentWindows::new(2)),
+        queries: Mutex::new(QueryTable::default()),
+        latest: Mutex::new(Latest::default()),
+        captures: Captures::new(Vec::new()),
+        metrics: Metrics::default(),
+        pyroscope: None,
+        config: RwLock::new(config),
+        cancel: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    })
+}
+
 /// One line on stderr, prefixed (journald adds the time).
 pub fn log(message: &str) {
     eprintln!("qprof agent: {message}");

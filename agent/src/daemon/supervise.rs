@@ -132,3 +132,91 @@ fn release_freed_memory() {
         libc::malloc_trim(0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{daemon::config::Config, probes::component::CaptureKind};
+
+    static STARTS: AtomicUsize = AtomicUsize::new(0);
+    static WINDOWS: AtomicUsize = AtomicUsize::new(0);
+
+    /// A component whose first life panics at its first snapshot.
+    struct Flaky {
+        life: usize,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    impl Component for Flaky {
+        type Config = ();
+        type Snapshot = usize;
+        type Error = Never;
+        const KIND: CaptureKind = CaptureKind::Syscalls;
+
+        fn start((): &()) -> Result<Self, Never> {
+            Ok(Self {
+                life: STARTS.fetch_add(1, Ordering::SeqCst) + 1,
+            })
+        }
+        fn poll(&mut self) {}
+        fn progress(&self) -> u64 {
+            0
+        }
+        fn snapshot(&mut self) -> Result<usize, Never> {
+            assert!(self.life > 1, "first life panics on purpose");
+            Ok(self.life)
+        }
+        fn stop(self) -> Result<usize, Never> {
+            Ok(self.life)
+        }
+    }
+
+    /// A component that panics is logged, counted and started again; its next life delivers windows, and cancelling stops it.
+    #[test]
+    fn panicking_component_is_restarted() {
+        let dir = std::env::temp_dir().join(format!("qprof-supervise-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Config {
+            window: Duration::from_secs(1),
+            ..Config::default()
+        };
+        let shared = crate::daemon::test_shared(&dir, config);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            spawn::<Flaky, _>(
+                &shared.tracker,
+                shared.clone(),
+                shared.cancel.clone(),
+                (),
+                |_, life, _| {
+                    assert_eq!(life, 2);
+                    WINDOWS.fetch_add(1, Ordering::SeqCst);
+                },
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while WINDOWS.load(Ordering::SeqCst) == 0 {
+                assert!(Instant::now() < deadline, "no window after the restart");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            shared.cancel.cancel();
+            shared.tracker.close();
+            shared.tracker.wait().await;
+        });
+        assert_eq!(STARTS.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            shared
+                .health
+                .task_restarts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+}

@@ -124,6 +124,14 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             options,
             |s, window, span| {
                 s.metrics.observe_queries(&window.table);
+                let c = &window.counters;
+                s.metrics.add_lost(c.kernel_drops.iter().copied());
+                s.metrics.add_lost([
+                    ("query_unknown_text", c.unknown_text),
+                    ("query_malformed_record", c.malformed_records),
+                    ("query_failed_library_scan", c.failed_library_scans),
+                    ("query_text_evicted", c.texts_evicted),
+                ]);
                 if let Ok(mut all) = s.queries.lock() {
                     all.merge(&window.table);
                 }
@@ -161,6 +169,7 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             TcpOptions::default(),
             |s, table, span| {
                 s.metrics.observe_tcp(&table);
+                s.metrics.add_lost(table.drops.iter().copied());
                 let rows = table.rows();
                 let result = write_json(s, span, "tcp.json", &rows);
                 if let Ok(mut latest) = s.latest.lock() {
@@ -226,6 +235,11 @@ fn cpu_window(
         source: serde_json::Error::io(std::io::Error::other(e.to_string())),
     })?;
     shared.metrics.add_lost(capture.drops.iter().copied());
+    shared.metrics.set_map_fill(
+        "CPU_STACK_COUNTS",
+        capture.stacks.len() as u64,
+        u64::from(qprof_common::cpu::STACK_COUNTS_CAPACITY),
+    );
     if let Some(pusher) = &shared.pyroscope
         && let Err(e) =
             pusher.push_window(&profile, span.start_ms / 1000, span.end_ms.div_ceil(1000))
