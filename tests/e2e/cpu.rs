@@ -296,17 +296,13 @@ fn idle_task_left_out_unless_asked() {
 /// Seconds all CPUs spent idle since boot (`/proc/stat`, idle + iowait).
 fn host_idle_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: u64 = stat
-        .lines()
-        .next()
-        .map(|l| {
-            l.split_whitespace()
-                .skip(4)
-                .take(2)
-                .filter_map(|v| v.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0);
+    let first = stat.lines().next().unwrap_or_default();
+    let ticks: u64 = first
+        .split_whitespace()
+        .skip(4)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
     ticks as f64 / hz as f64
