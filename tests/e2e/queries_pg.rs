@@ -458,7 +458,7 @@ fn offcpu_still_blocked_in_query_is_labelled() {
     assert!(fin_q.status.success(), "{}", fin_q.stderr);
     let rows = pg_rows(&json);
     assert!(
-        rows.get("SELECT pg_sleep(?) AS still_waiting").is_some(),
+        rows.contains_key("SELECT pg_sleep(?) AS still_waiting"),
         "{rows:?}\n{}",
         fin_q.stderr
     );
