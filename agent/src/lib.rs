@@ -11,3 +11,4 @@ pub mod export;
 pub mod probes;
 pub mod server;
 pub mod symbolize;
+pub mod trigger;

@@ -55,3 +55,50 @@ pub fn render_svg(
     flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
         .map_err(|e| ProfileError::Render(format!("writing SVG failed: {e}")))
 }
+
+/// Renders what changed from `before` to `after` (value `sample_index` of
+/// each) as a differential flame graph (inferno's differential mode):
+/// widths are `after`'s, red where `after` spends more, blue where less.
+/// `before` is normalized to `after`'s total, so a longer or busier
+/// capture does not paint everything red.
+///
+/// Fails with [`ProfileError::Render`] when `after` has nothing to draw.
+pub fn render_diff_svg(
+    before: &Profile,
+    after: &Profile,
+    sample_index: usize,
+    title: &str,
+    out: &mut impl Write,
+) -> Result<(), ProfileError> {
+    let folded = |p: &Profile| -> Vec<u8> {
+        let mut text = Vec::new();
+        for (frames, value) in folded_stacks(p, sample_index) {
+            if value > 0 {
+                text.extend_from_slice(format!("{} {value}\n", frames.join(";")).as_bytes());
+            }
+        }
+        text
+    };
+    let (old, new) = (folded(before), folded(after));
+    if new.is_empty() {
+        return Err(ProfileError::Render(
+            "the later profile has no samples".into(),
+        ));
+    }
+    let mut diff = Vec::new();
+    let options = inferno::differential::Options {
+        normalize: true,
+        ..inferno::differential::Options::default()
+    };
+    inferno::differential::from_readers(options, &old[..], &new[..], &mut diff)
+        .map_err(|e| ProfileError::Render(format!("differential stacks: {e}")))?;
+    let text = String::from_utf8_lossy(&diff);
+    let mut options = Options::default();
+    title.clone_into(&mut options.title);
+    options.count_name = after
+        .sample_types
+        .get(sample_index)
+        .map_or_else(|| "samples".to_owned(), |t| t.unit.clone());
+    flamegraph::from_lines(&mut options, text.lines(), out)
+        .map_err(|e| ProfileError::Render(format!("writing SVG failed: {e}")))
+}

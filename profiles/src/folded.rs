@@ -53,8 +53,9 @@ pub(crate) fn folded_stacks(profile: &Profile, sample_index: usize) -> Vec<(Vec<
 }
 
 /// Frame names of one sample, root first, each inlined caller before its
-/// callee.
-fn stack_frames(sample: &Sample, mappings: &[Mapping]) -> Vec<String> {
+/// callee (the names folded lines and flame graphs show).
+#[must_use]
+pub fn stack_frames(sample: &Sample, mappings: &[Mapping]) -> Vec<String> {
     if sample.stack.is_empty() {
         return vec![NO_STACK.to_owned()];
     }

@@ -36,6 +36,36 @@ pub struct Config {
     pub captures: Captures,
     pub metrics: Metrics,
     pub pyroscope: Pyroscope,
+    /// Guards shared by every rule, and the flight recorder.
+    pub triggers: Triggers,
+    /// Trigger rules; absent: [`crate::trigger::rules::DEFAULT_RULES`];
+    /// `rules = []` turns triggers off.
+    pub rules: Vec<crate::trigger::rules::RuleConfig>,
+}
+
+/// Guards over all rules, and the flight recorder's length.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Triggers {
+    /// Triggered firings per rolling hour, all rules together: a flapping
+    /// signal must not turn the agent into a profiler that never stops.
+    pub max_per_hour: u32,
+    /// Triggered firings whose captures may run at once.
+    pub max_concurrent: u32,
+    /// How much CPU history the flight recorder keeps (the pre-breach
+    /// profile of a triggered capture).
+    #[serde(with = "human_duration")]
+    pub flight_recorder: Duration,
+}
+
+impl Default for Triggers {
+    fn default() -> Self {
+        Self {
+            max_per_hour: 6,
+            max_concurrent: 2,
+            flight_recorder: Duration::from_mins(1),
+        }
+    }
 }
 
 /// The always-on capabilities.
@@ -117,6 +147,8 @@ impl Default for Config {
             captures: Captures::default(),
             metrics: Metrics::default(),
             pyroscope: Pyroscope::default(),
+            triggers: Triggers::default(),
+            rules: crate::trigger::rules::default_rules(),
         }
     }
 }
@@ -178,6 +210,11 @@ pub enum ConfigError {
         key: &'static str,
         problem: String,
     },
+    #[error("config {path}: {source}")]
+    Rule {
+        path: PathBuf,
+        source: crate::trigger::rules::RuleError,
+    },
 }
 
 impl Config {
@@ -197,6 +234,10 @@ impl Config {
             message: with_line(text, &e),
         })?;
         config.validate(path)?;
+        crate::trigger::rules::check(&config.rules, text).map_err(|e| ConfigError::Rule {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         Ok(config)
     }
 
@@ -227,6 +268,16 @@ impl Config {
                 "top_fingerprints and top_series must be > 0",
             ));
         }
+        let t = &self.triggers;
+        if t.max_concurrent == 0 || t.max_per_hour == 0 {
+            return Err(invalid(
+                "triggers",
+                "max_per_hour and max_concurrent must be > 0 (rules = [] turns triggers off)",
+            ));
+        }
+        if t.flight_recorder > Duration::from_mins(10) {
+            return Err(invalid("triggers.flight_recorder", "must be at most 10m"));
+        }
         if let Some(url) = &self.pyroscope.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -256,7 +307,7 @@ fn with_line(text: &str, err: &toml::de::Error) -> String {
 }
 
 /// Durations as `60s`, `500ms`, `10m`, `2h`, `7d`.
-mod human_duration {
+pub(crate) mod human_duration {
     use super::{Deserialize, Deserializer, Duration, Serializer};
 
     pub fn parse(text: &str) -> Result<Duration, String> {
