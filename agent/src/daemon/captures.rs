@@ -233,6 +233,23 @@ pub fn start(
     Ok(meta)
 }
 
+/// Lists files written beside a finished capture's own (a trigger's
+/// bundle) in its meta, on disk and in memory.
+pub fn add_files(shared: &Shared, id: &str, names: &[String]) {
+    let Some(mut meta) = shared.captures.get(id) else {
+        return;
+    };
+    for n in names {
+        if !meta.files.contains(n) {
+            meta.files.push(n.clone());
+        }
+    }
+    if let Err(e) = shared.store.write_meta(&meta) {
+        log(&format!("capture {id}: writing meta.json: {e}"));
+    }
+    shared.captures.put(meta);
+}
+
 fn finish_running(shared: &Shared, kind: CaptureKind) {
     if let Ok(mut r) = shared.captures.running.lock() {
         r.remove(&kind);

@@ -12,6 +12,7 @@ pub mod captures;
 pub mod config;
 pub mod metrics;
 pub mod supervise;
+pub mod triggers;
 pub mod windows;
 
 use std::{
@@ -71,6 +72,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Pushes each CPU window when `[pyroscope] url` is set.
     pub pyroscope: Option<Pusher>,
+    /// Rules, their signals and the flight recorder.
+    pub triggers: triggers::TriggerState,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -109,6 +112,7 @@ pub(crate) fn test_shared(dir: &std::path::Path, config: Config) -> Arc<Shared> 
         captures: Captures::new(Vec::new()),
         metrics: Metrics::default(),
         pyroscope: None,
+        triggers: triggers::TriggerState::new(&config),
         config: RwLock::new(config),
         cancel: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -222,6 +226,7 @@ async fn serve(
             ..MetricsConfig::default()
         }),
         pyroscope,
+        triggers: triggers::TriggerState::new(&config),
         config: RwLock::new(config.clone()),
         store,
         token,
@@ -235,6 +240,7 @@ async fn serve(
         .store(warnings.len() as u64, Ordering::Relaxed);
     windows::start_continuous(&shared, &config);
     metrics::spawn_sampler(&shared);
+    triggers::spawn(&shared);
     let server = crate::server::router(shared.clone());
     let cancel = shared.cancel.clone();
     shared.tracker.spawn(async move {
@@ -310,6 +316,9 @@ fn reload(shared: &Shared, config_file: Option<&std::path::Path>) {
             if new.pyroscope != old.pyroscope {
                 restart.push("pyroscope");
             }
+            if new.rules != old.rules || new.triggers != old.triggers {
+                restart.push("rules and triggers");
+            }
             // What only a restart applies keeps its running value, so that
             // the config the agent reports is the one it runs on.
             new.listen = old.listen;
@@ -317,6 +326,8 @@ fn reload(shared: &Shared, config_file: Option<&std::path::Path>) {
             new.continuous = old.continuous;
             new.auth_token_file = old.auth_token_file;
             new.pyroscope = old.pyroscope;
+            new.rules = old.rules;
+            new.triggers = old.triggers;
             shared.replace_config(new);
             if restart.is_empty() {
                 log(&format!("SIGHUP: reloaded {}", path.display()));

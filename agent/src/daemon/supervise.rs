@@ -44,6 +44,24 @@ pub fn spawn<C, F>(
     C::Config: Send + Sync + 'static,
     F: Fn(&Shared, C::Snapshot, WindowSpan) + Send + Sync + 'static,
 {
+    spawn_sliced::<C, F>(tracker, shared, cancel, config, None, sink);
+}
+
+/// As [`spawn`], but snapshots every `slice` (when set) instead of every
+/// window: what triggers and the flight recorder need (seconds, not a
+/// minute); the sink assembles its windows from the slices.
+pub fn spawn_sliced<C, F>(
+    tracker: &TaskTracker,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    config: C::Config,
+    slice: Option<Duration>,
+    sink: F,
+) where
+    C: Component + 'static,
+    C::Config: Send + Sync + 'static,
+    F: Fn(&Shared, C::Snapshot, WindowSpan) + Send + Sync + 'static,
+{
     let sink = Arc::new(sink);
     let config = Arc::new(config);
     let inner = tracker.clone();
@@ -53,7 +71,7 @@ pub fn spawn<C, F>(
                 (shared.clone(), cancel.clone(), config.clone(), sink.clone());
             let run = inner.spawn_blocking(move || {
                 std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    drive::<C>(&shared2, &cancel2, &config2, &*sink2)
+                    drive::<C>(&shared2, &cancel2, &config2, slice, &*sink2)
                 }))
             });
             let outcome = run.await;
@@ -84,6 +102,7 @@ fn drive<C: Component>(
     shared: &Shared,
     cancel: &CancellationToken,
     config: &C::Config,
+    slice: Option<Duration>,
     sink: &dyn Fn(&Shared, C::Snapshot, WindowSpan),
 ) -> anyhow::Result<()> {
     let mut component = C::start(config)?;
@@ -95,7 +114,8 @@ fn drive<C: Component>(
         window.as_secs()
     ));
     let mut start_ms = crate::export::store::unix_ms(std::time::SystemTime::now());
-    let mut next = Instant::now() + window;
+    let every = || slice.unwrap_or_else(|| shared.window());
+    let mut next = Instant::now() + every();
     loop {
         if cancel.is_cancelled() {
             let end_ms = crate::export::store::unix_ms(std::time::SystemTime::now());
@@ -109,11 +129,11 @@ fn drive<C: Component>(
             let snapshot = component.snapshot()?;
             sink(shared, snapshot, WindowSpan { start_ms, end_ms });
             start_ms = end_ms;
-            next += shared.window();
+            next += every();
             if next < Instant::now() {
                 // The sink took longer than a window: skip ahead rather than
                 // emit a burst of empty windows.
-                next = Instant::now() + shared.window();
+                next = Instant::now() + every();
             }
         }
         std::thread::sleep(POLL_EVERY);

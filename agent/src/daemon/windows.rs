@@ -17,6 +17,7 @@ use super::{
     supervise::{self, WindowSpan},
 };
 use crate::{
+    aggregate::queries::QueryTable,
     export::{
         profile::{self, value_type},
         store::StoreError,
@@ -82,13 +83,16 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             pids: Vec::new(),
             raw_queries: config.raw_queries,
         };
-        supervise::spawn::<QueryTracer, _>(
+        // Sliced every second for the triggers; the window's table is
+        // assembled from the slices.
+        let acc: Mutex<Option<(QueryTable, WindowSpan)>> = Mutex::new(None);
+        supervise::spawn_sliced::<QueryTracer, _>(
             tracker,
             shared.clone(),
             cancel.clone(),
             options,
-            |s, window, span| {
-                s.metrics.observe_queries(&window.table);
+            Some(super::triggers::SLICE),
+            move |s, window, span| {
                 let c = &window.counters;
                 s.metrics.add_lost(c.kernel_drops.iter().copied());
                 s.metrics.add_lost([
@@ -97,14 +101,21 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
                     ("query_failed_library_scan", c.failed_library_scans),
                     ("query_text_evicted", c.texts_evicted),
                 ]);
-                if let Ok(mut all) = s.queries.lock() {
-                    all.merge(&window.table);
-                }
                 for w in &window.warnings {
                     log(&format!("queries: {w}"));
                 }
-                let result = write_json(s, span, "queries.json", &window.table.rows());
-                count_write(s, result.map_err(|e| e.to_string()), "queries");
+                let Ok(mut acc) = acc.lock() else { return };
+                let (table, acc_span) = acc.get_or_insert_with(|| (QueryTable::default(), span));
+                table.merge(&window.table);
+                acc_span.end_ms = span.end_ms;
+                let full = acc_span.end_ms.saturating_sub(acc_span.start_ms)
+                    >= s.window().as_millis() as u64;
+                super::triggers::record_query_slice(s, window.table);
+                if (full || s.cancel.is_cancelled())
+                    && let Some((table, acc_span)) = acc.take()
+                {
+                    query_window(s, &table, acc_span);
+                }
             },
         );
     }
@@ -165,17 +176,32 @@ fn start_cpu(shared: &Arc<Shared>, c: &super::config::Continuous) {
     let writer = shared.clone();
     tracker.spawn_blocking(move || {
         let mut symbolizer = Symbolizer::new();
+        let mut window: Option<(CpuCapture, WindowSpan)> = None;
         while let Ok((snap, span)) = rx.recv() {
-            let result = cpu_window(&writer, &mut symbolizer, &snap, span, hz);
+            super::triggers::record_cpu_slice(&writer, &mut symbolizer, &snap, span, hz);
+            let (acc, acc_span) = window.get_or_insert_with(|| (empty_capture(), span));
+            absorb(acc, snap);
+            acc_span.end_ms = span.end_ms;
+            let full = acc_span.end_ms.saturating_sub(acc_span.start_ms)
+                >= writer.window().as_millis() as u64;
+            if full && let Some((acc, acc_span)) = window.take() {
+                let result = cpu_window(&writer, &mut symbolizer, &acc, acc_span, hz);
+                count_write(&writer, result.map_err(|e| e.to_string()), "cpu");
+            }
+        }
+        // The sampler stopped (its last slice is in): the partial window.
+        if let Some((acc, acc_span)) = window.take() {
+            let result = cpu_window(&writer, &mut symbolizer, &acc, acc_span, hz);
             count_write(&writer, result.map_err(|e| e.to_string()), "cpu");
         }
     });
     let tx = Mutex::new(tx);
-    supervise::spawn::<CpuSampler, _>(
+    supervise::spawn_sliced::<CpuSampler, _>(
         tracker,
         shared.clone(),
         cancel.clone(),
         cpu,
+        Some(super::triggers::SLICE),
         move |s, snap, span| {
             let sent = tx
                 .lock()
@@ -186,6 +212,40 @@ fn start_cpu(shared: &Arc<Shared>, c: &super::config::Continuous) {
             }
         },
     );
+}
+
+/// One whole query window: metrics, the running totals, the file.
+fn query_window(s: &Shared, table: &QueryTable, span: WindowSpan) {
+    s.metrics.observe_queries(table);
+    if let Ok(mut all) = s.queries.lock() {
+        all.merge(table);
+    }
+    let result = write_json(s, span, "queries.json", &table.rows());
+    count_write(s, result.map_err(|e| e.to_string()), "queries");
+}
+
+fn empty_capture() -> CpuCapture {
+    CpuCapture {
+        stacks: crate::aggregate::stacks::StackCounts::default(),
+        maps: crate::probes::process_maps::ProcessMaps::default(),
+        total_samples: 0,
+        drops: Vec::new(),
+    }
+}
+
+/// Adds a one-second slice to the window being assembled.
+fn absorb(acc: &mut CpuCapture, slice: CpuCapture) {
+    for stack in slice.stacks.stacks() {
+        acc.stacks.add(stack.clone());
+    }
+    acc.maps.absorb(slice.maps);
+    acc.total_samples += slice.total_samples;
+    for (name, n) in slice.drops {
+        match acc.drops.iter_mut().find(|(d, _)| *d == name) {
+            Some((_, total)) => *total += n,
+            None => acc.drops.push((name, n)),
+        }
+    }
 }
 
 fn count_write(shared: &Shared, result: Result<(), String>, what: &str) {

@@ -149,6 +149,14 @@ impl ProcessMaps {
         self.by_pid.remove(&pid);
     }
 
+    /// Adds every process of `other` (a later slice of the same window).
+    pub fn absorb(&mut self, other: ProcessMaps) {
+        self.dropped += other.dropped;
+        for (pid, entries) in other.by_pid {
+            self.merge(pid, entries);
+        }
+    }
+
     /// A copy holding only `pids`: what one window's stacks need.
     #[must_use]
     pub fn subset(&self, pids: impl IntoIterator<Item = u32>) -> Self {

@@ -140,6 +140,20 @@ impl Evaluator {
         self.rules.iter().any(|r| r.rule.signal == signal)
     }
 
+    /// The distinct quantiles the query rules ask for.
+    #[must_use]
+    pub fn quantiles(&self) -> Vec<f64> {
+        let mut qs: Vec<f64> = Vec::new();
+        for r in &self.rules {
+            if r.rule.signal == Signal::QueryLatency
+                && !qs.iter().any(|q| (q - r.rule.quantile).abs() < 1e-9)
+            {
+                qs.push(r.rule.quantile);
+            }
+        }
+        qs
+    }
+
     /// Each rule's state now.
     #[must_use]
     pub fn states(&self, now_ms: u64) -> Vec<(String, State)> {
@@ -175,13 +189,15 @@ impl Evaluator {
     }
 
     /// One tick of `signal`: `observations` are every subject it saw (a
-    /// subject not in them is not breaching). A held breach that a guard
-    /// suppresses starts over, so it is counted once per `for`, not at
-    /// every tick.
+    /// subject not in them is not breaching); with `quantile`, only the
+    /// query rules of that quantile look at them. A held breach that a
+    /// guard suppresses starts over, so it is counted once per `for`, not
+    /// at every tick.
     pub fn observe(
         &mut self,
         now_ms: u64,
         signal: Signal,
+        quantile: Option<f64>,
         observations: &[Observation],
     ) -> Vec<Decision> {
         while self.fired.front().is_some_and(|&t| t + HOUR_MS <= now_ms) {
@@ -189,7 +205,8 @@ impl Evaluator {
         }
         let mut decisions = Vec::new();
         for i in 0..self.rules.len() {
-            if self.rules[i].rule.signal != signal {
+            let rule = &self.rules[i].rule;
+            if rule.signal != signal || quantile.is_some_and(|q| (q - rule.quantile).abs() > 1e-9) {
                 continue;
             }
             let Some((obs, since)) = self.rules[i].track(now_ms, observations) else {
@@ -248,6 +265,7 @@ impl RuleState {
         let breaching: Vec<&Observation> = observations
             .iter()
             .filter(|o| o.value > threshold)
+            .filter(|o| self.rule.comm.as_ref().is_none_or(|c| *c == o.label))
             .collect();
         self.pending
             .retain(|s, _| breaching.iter().any(|o| &o.subject == s));

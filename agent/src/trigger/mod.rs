@@ -31,6 +31,8 @@ pub struct Bundle {
     pub quantile: Option<f64>,
     pub breach_start_unix_ms: u64,
     pub fired_unix_ms: u64,
+    /// When the first deeper capture started.
+    pub capture_started_unix_ms: Option<u64>,
     pub scope: BundleScope,
     /// Capture ids started by this firing, and their kinds.
     pub captures: Vec<(String, String)>,
@@ -38,6 +40,8 @@ pub struct Bundle {
     pub not_started: Vec<(String, String)>,
     /// Samples of the flight recorder's pre-breach profile.
     pub prebreach_samples: u64,
+    /// The flight recorder's memory when the rule fired.
+    pub flight_recorder_bytes: u64,
     /// Filled in when the captures end: `duration reached`, `process
     /// exited`, `agent stopping`, or the failure.
     pub stopped: Option<String>,

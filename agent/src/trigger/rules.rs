@@ -126,6 +126,9 @@ pub struct RuleConfig {
     pub hold: Duration,
     #[serde(default)]
     pub scope: Scope,
+    /// For process signals: only processes of this comm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
     /// Missing: an error naming the rule (a rule that only watches would
     /// be a metric, not a trigger).
     pub action: Option<Action>,
@@ -151,6 +154,7 @@ pub struct Rule {
     pub threshold: f64,
     pub hold: Duration,
     pub scope: Scope,
+    pub comm: Option<String>,
     pub kinds: Vec<CaptureKind>,
     pub duration: Duration,
     pub hz: Option<u64>,
@@ -323,6 +327,7 @@ fn check_one(r: &RuleConfig, text: &str) -> Result<Rule, RuleError> {
         threshold,
         hold: r.hold,
         scope: r.scope,
+        comm: r.comm.clone(),
         kinds,
         duration: action.duration,
         hz: action.hz,
