@@ -172,7 +172,7 @@ fn tick(shared: &Arc<Shared>) {
     drop(eval);
     for d in decisions {
         match d {
-            Decision::Fire(f) => fire(shared, f),
+            Decision::Fire(f) => fire(shared, &f),
             Decision::Suppressed {
                 rule,
                 reason,
@@ -201,7 +201,7 @@ fn comm_of(pid: u32) -> String {
 }
 
 /// Starts the firing's captures and writes the first bundle.
-fn fire(shared: &Arc<Shared>, f: Firing) {
+fn fire(shared: &Arc<Shared>, f: &Firing) {
     let rule = &f.rule;
     let pids: Vec<u32> = match rule.scope {
         Scope::Host => Vec::new(),
@@ -211,17 +211,12 @@ fn fire(shared: &Arc<Shared>, f: Firing) {
             .collect(),
     };
     let comms = pids.iter().map(|&p| comm_of(p)).collect();
-    let (prebreach, recorder_bytes) = shared
-        .triggers
-        .recorder
-        .lock()
-        .map(|r| {
-            (
-                Some(r.profile(&pids, f.breach_start_ms + 999)),
-                r.bytes() as u64,
-            )
-        })
-        .unwrap_or((None, 0));
+    let (prebreach, recorder_bytes) = shared.triggers.recorder.lock().map_or((None, 0), |r| {
+        (
+            Some(r.profile(&pids, f.breach_start_ms + 999)),
+            r.bytes() as u64,
+        )
+    });
     let mut bundle = Bundle {
         rule: rule.name.clone(),
         description: rule.describe(),

@@ -214,27 +214,24 @@ impl Evaluator {
             };
             let reason = self.guard(i, now_ms);
             let r = &mut self.rules[i];
-            match reason {
-                Some(reason) => {
-                    r.pending.insert(obs.subject.clone(), now_ms);
-                    decisions.push(Decision::Suppressed {
-                        rule: r.rule.name.clone(),
-                        reason,
-                        observation: obs,
-                    });
-                }
-                None => {
-                    r.pending.clear();
-                    r.last_fired_ms = Some(now_ms);
-                    r.running = true;
-                    self.fired.push_back(now_ms);
-                    decisions.push(Decision::Fire(Firing {
-                        rule: r.rule.clone(),
-                        observation: obs,
-                        breach_start_ms: since,
-                        fire_ms: now_ms,
-                    }));
-                }
+            if let Some(reason) = reason {
+                r.pending.insert(obs.subject.clone(), now_ms);
+                decisions.push(Decision::Suppressed {
+                    rule: r.rule.name.clone(),
+                    reason,
+                    observation: obs,
+                });
+            } else {
+                r.pending.clear();
+                r.last_fired_ms = Some(now_ms);
+                r.running = true;
+                self.fired.push_back(now_ms);
+                decisions.push(Decision::Fire(Firing {
+                    rule: r.rule.clone(),
+                    observation: obs,
+                    breach_start_ms: since,
+                    fire_ms: now_ms,
+                }));
             }
         }
         decisions

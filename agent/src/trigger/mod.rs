@@ -26,7 +26,7 @@ pub struct Bundle {
     pub unit: &'static str,
     pub observed: f64,
     pub threshold: f64,
-    /// For query_latency: the quantile.
+    /// For `query_latency`: the quantile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantile: Option<f64>,
     pub breach_start_unix_ms: u64,

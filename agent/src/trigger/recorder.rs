@@ -139,7 +139,7 @@ impl FlightRecorder {
                 };
                 let names: Vec<String> = ids
                     .iter()
-                    .filter_map(|&f| old_frames.get(f as usize).map(|n| n.to_string()))
+                    .filter_map(|&f| old_frames.get(f as usize).map(ToString::to_string))
                     .collect();
                 match self.intern_stack(&names) {
                     Some(id) => {

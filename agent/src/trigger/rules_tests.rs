@@ -31,7 +31,7 @@ fn defaults_are_the_documented_rules() {
     assert!((rules[1].threshold - 90.0).abs() < 1e-9);
     assert_eq!(rules[1].hold, Duration::from_secs(30));
     assert!((rules[2].threshold - 50.0).abs() < 1e-9);
-    assert_eq!(rules[2].hold, Duration::from_secs(120));
+    assert_eq!(rules[2].hold, Duration::from_mins(2));
     assert_eq!(rules[2].kinds, [CaptureKind::Memory]);
 }
 

@@ -157,7 +157,7 @@ impl ProcSampler {
             }
             if let (Some(&(t0, r0)), true) = (p.rss.front(), p.rss.len() >= 3) {
                 let minutes = (now_ms - t0) as f64 / 60_000.0;
-                let mb = (rss as f64 - r0 as f64) / (1 << 20) as f64;
+                let mb = (rss as f64 - r0 as f64) / f64::from(1u32 << 20);
                 if minutes > 0.0 {
                     out.rss_growth.push(obs(pid, &p.comm, mb / minutes));
                 }
