@@ -142,6 +142,7 @@ fn caps_hold_across_rules() {
         )),
         "{d:?}"
     );
+    e.finished("a");
     assert_eq!(
         fires(&e.observe(3_600_020, Signal::ProcessCpu, None, &[obs(1, 90.0)])),
         1
