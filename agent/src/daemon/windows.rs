@@ -167,6 +167,10 @@ fn start_cpu(shared: &Arc<Shared>, c: &super::config::Continuous) {
         let mut symbolizer = Symbolizer::new();
         while let Ok((snap, span)) = rx.recv() {
             let result = cpu_window(&writer, &mut symbolizer, &snap, span, hz);
+            // What the window parsed is freed (the frame cache keeps its
+            // results), and so is the memory symbolizing it took.
+            symbolizer.release_resolver();
+            super::supervise::release_freed_memory();
             count_write(&writer, result.map_err(|e| e.to_string()), "cpu");
         }
     });
