@@ -96,10 +96,12 @@ pub fn run(minutes: u64) -> anyhow::Result<bool> {
     let stats = BpfStats::enable()?;
     let length = Duration::from_secs(minutes * 60);
     let half = length / 2;
+    quiet()?;
     let first = phase(&cluster, &scratch, &ours, half, |_| Ok(()))?;
     eprintln!("bench: untraced {:.0} TPS", first.tps);
     let agent = under_agent(&qprof, &cluster, &scratch, &ours, length)?;
     eprintln!("bench: under the agent {:.0} TPS", agent.phase.tps);
+    quiet()?;
     let second = phase(
         &cluster,
         &scratch,
@@ -112,6 +114,15 @@ pub fn run(minutes: u64) -> anyhow::Result<bool> {
     Ok(report(length, &first, &agent, &second))
 }
 
+/// Waits (at most a minute) for the machine to be quiet: other people's
+/// builds move pgbench's TPS by a third.
+fn quiet() -> anyhow::Result<()> {
+    if !wait_for_quiet(0.15, Duration::from_mins(1))? {
+        eprintln!("bench: the machine stayed busy; this run shares it with other work");
+    }
+    Ok(())
+}
+
 /// One pgbench run of `length`; `tick` is called every 250 ms with the
 /// time since it started.
 fn phase(
@@ -121,9 +132,6 @@ fn phase(
     length: Duration,
     mut tick: impl FnMut(Duration) -> anyhow::Result<()>,
 ) -> anyhow::Result<Phase> {
-    if !wait_for_quiet(0.15, Duration::from_mins(1))? {
-        eprintln!("bench: the machine stayed busy; this run shares it with other work");
-    }
     let out = scratch.path("pgbench.out");
     let mut cmd = cluster.pgbench();
     cmd.args(["-S", "-n", "-c", CLIENTS, "-j", THREADS, "-T"])
@@ -192,6 +200,7 @@ fn under_agent(
     wait_ready(&mut agent, &log)?;
     let ready_after = started.elapsed();
     let startup_cpu = cpu_ticks(pid)?;
+    quiet()?;
     let held_before = bpf_held(pid)?;
     eprintln!(
         "bench: agent ready after {:.1} s, {} ms of CPU; pgbench under it for {} s",
