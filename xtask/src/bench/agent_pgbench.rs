@@ -39,7 +39,7 @@ use anyhow::{Context as _, bail};
 
 use super::{
     agent_report::{AgentFigures, Phase, report},
-    agent_watch::{Scrape, bpf_held, peak_rss_mib, rss_mib, run_time_by_type, scrape},
+    agent_watch::{Scrape, bpf_held, peak_rss_mib, rss_mib, rss_parts, run_time_by_type, scrape},
     postgres::{Cluster, ensure_installed, parse_tps},
     process::{
         BpfStats, Running, Scratch, clock_ticks_per_second, cpu_ticks, foreign_ticks, online_cpus,
@@ -236,6 +236,7 @@ fn under_agent(
         Some(many_series(cluster, scratch, addr)?)
     };
     let peak_rss = peak_rss_mib(pid)?;
+    let rss_end = rss_parts(pid)?;
     agent.signal(libc::SIGTERM)?;
     let (status, total_cpu) = agent.wait_cpu()?;
     if !status.success() {
@@ -253,6 +254,7 @@ fn under_agent(
         bpf: run_time_by_type(&held_before, &held_after),
         rss,
         peak_rss,
+        rss_end,
         scrapes,
         many,
         total_cpu,

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use super::{
     agent_pgbench::{CLIENTS, THREADS},
-    agent_watch::{Scrape, slope},
+    agent_watch::{RssParts, Scrape, slope},
     syscalls::{median, verdict},
 };
 
@@ -55,6 +55,8 @@ pub struct AgentFigures {
     /// (seconds into the load, RSS MiB).
     pub rss: Vec<(f64, f64)>,
     pub peak_rss: f64,
+    /// Where the RSS was at the end.
+    pub rss_end: RssParts,
     /// (time into the load, scrape).
     pub scrapes: Vec<(Duration, Scrape)>,
     /// When pgbench gave too few series: statements run and timed scrapes.
@@ -194,6 +196,11 @@ fn print_targets(agent: &AgentFigures, ratio: f64, untraced: f64, bpf_pct: f64) 
     } else {
         met &= series >= SERIES_TARGET && max <= ms(SCRAPE_TARGET);
     }
+    let p = agent.rss_end;
+    println!(
+        "| RSS at the end: anonymous, mapped BPF maps, file mappings | {:.1} + {:.1} + {:.1} MiB | - | |",
+        p.anon, p.bpf_maps, p.files
+    );
     println!(
         "| start-up: CPU until every default component was on (wall) | {:.0} ms ({:.1} s) | - | |",
         ms(agent.startup_cpu),

@@ -30,6 +30,53 @@ fn status_kib(pid: i32, field: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("no {field} in {path}"))
 }
 
+/// Where a process's resident memory is, in MiB: anonymous (heap and
+/// stacks), mapped BPF maps (ring buffers), other file mappings (its
+/// binary, libraries, files it maps to read, e.g. to symbolize).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RssParts {
+    pub anon: f64,
+    pub bpf_maps: f64,
+    pub files: f64,
+}
+
+/// Sums the `Rss:` of every mapping in `/proc/<pid>/smaps` by kind.
+pub fn rss_parts(pid: i32) -> anyhow::Result<RssParts> {
+    let path = format!("/proc/{pid}/smaps");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    Ok(parse_rss_parts(&text))
+}
+
+fn parse_rss_parts(text: &str) -> RssParts {
+    let mut parts = RssParts::default();
+    let mut name = String::new();
+    for line in text.lines() {
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            let mib = kib
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .unwrap_or(0.0)
+                / 1024.0;
+            match name.as_str() {
+                "anon_inode:bpf-map" => parts.bpf_maps += mib,
+                n if n.starts_with('/') => parts.files += mib,
+                _ => parts.anon += mib,
+            }
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            // A mapping's header: range perms offset dev inode [name].
+            name.clear();
+            name.push_str(line.split_whitespace().nth(5).unwrap_or_default());
+        }
+    }
+    parts
+}
+
 /// One BPF program the process holds, with the kernel's run statistics
 /// (zero unless `kernel.bpf_stats_enabled` was on while it ran).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -179,6 +226,20 @@ pub fn slope(points: &[(f64, f64)]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each mapping's Rss lands in its kind: unnamed and `[heap]` are
+    /// anonymous, BPF map mappings and files apart.
+    #[test]
+    fn splits_rss_by_mapping_kind() {
+        let smaps = "55d0-55e0 r-xp 00000000 fd:01 12 /usr/bin/qprof\nRss:                 100 kB\n\
+                     VmFlags: rd ex\n7f00-7f10 rw-p 00000000 00:00 0 \nRss:                2048 kB\n\
+                     7f20-7f30 r--s 00000000 00:0f 9 anon_inode:bpf-map\nRss:                1024 kB\n\
+                     7f40-7f50 rw-p 00000000 00:00 0 [heap]\nRss:                1024 kB\n";
+        let p = parse_rss_parts(smaps);
+        assert!((p.anon - 3.0).abs() < 1e-9, "{p:?}");
+        assert!((p.bpf_maps - 1.0).abs() < 1e-9, "{p:?}");
+        assert!((p.files - 100.0 / 1024.0).abs() < 1e-9, "{p:?}");
+    }
 
     /// Comments, `# EOF` and blank lines are not series; every sample line is.
     #[test]
