@@ -212,7 +212,9 @@ fn under_agent(
     let load_started = Instant::now();
     let (mut rss, mut scrapes) = (Vec::new(), Vec::new());
     let (mut next_rss, mut next_scrape) = (Duration::ZERO, SCRAPE_EVERY);
+    let mut bpf_stats_off = false;
     let phase = phase(cluster, scratch, ours, length, |t| {
+        bpf_stats_off |= !BpfStats::still_on();
         if t >= next_rss {
             rss.push((t.as_secs_f64(), rss_mib(pid)?));
             next_rss += RSS_EVERY;
@@ -252,6 +254,7 @@ fn under_agent(
         cpu,
         load_wall,
         bpf: run_time_by_type(&held_before, &held_after),
+        bpf_stats_off,
         rss,
         peak_rss,
         rss_end,

@@ -52,6 +52,9 @@ pub struct AgentFigures {
     pub load_wall: Duration,
     /// BPF run time and runs by program type over the same interval.
     pub bpf: BTreeMap<String, (Duration, u64)>,
+    /// `kernel.bpf_stats_enabled` was seen off during the run (someone
+    /// else turned it off): the run times are lower bounds.
+    pub bpf_stats_off: bool,
     /// (seconds into the load, RSS MiB).
     pub rss: Vec<(f64, f64)>,
     pub peak_rss: f64,
@@ -119,6 +122,12 @@ fn print_bpf(agent: &AgentFigures) -> f64 {
         "\nBPF programs' run time while pgbench ran (kernel.bpf_stats_enabled; charged to the \
          tasks that hit the probes, not to the agent):"
     );
+    if agent.bpf_stats_off {
+        println!(
+            "WARNING: kernel.bpf_stats_enabled was turned off by someone else during the run: \
+             the runs and run times below are lower bounds"
+        );
+    }
     println!("| program type | runs | run time | % of one core | ns per run |");
     println!("| --- | --- | --- | --- | --- |");
     for (kind, (time, runs)) in &agent.bpf {

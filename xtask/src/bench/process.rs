@@ -374,6 +374,12 @@ impl BpfStats {
         std::fs::write(BPF_STATS, "1").context("enabling BPF run statistics")?;
         Ok(Self { before })
     }
+
+    /// Whether the switch is still on: anyone may write 0 to it meanwhile
+    /// (another benchmark ending), and run counts stop from then on.
+    pub fn still_on() -> bool {
+        std::fs::read_to_string(BPF_STATS).is_ok_and(|v| v.trim() == "1")
+    }
 }
 
 impl Drop for BpfStats {
