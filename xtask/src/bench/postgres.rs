@@ -5,6 +5,7 @@
 //! user (created by Debian's package) through `runuser`.
 
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -121,6 +122,27 @@ impl Cluster {
             "postgres",
         ]);
         cmd
+    }
+}
+
+impl Cluster {
+    /// Runs `n` distinct statements (`SELECT 1 AS c<i>`: one fingerprint
+    /// each) through `psql` over loopback TCP, from a script written to
+    /// `script`.
+    pub fn distinct_statements(&self, n: usize, script: &Path) -> anyhow::Result<()> {
+        let mut text = String::with_capacity(n * 24);
+        for i in 0..n {
+            let _ = writeln!(text, "SELECT 1 AS c{i};");
+        }
+        std::fs::write(script, text).context("writing the statements")?;
+        run_cmd(
+            Command::new("psql")
+                .args(["-X", "-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", "postgres", "-f"])
+                .arg(script)
+                .arg("postgres")
+                .stdout(std::process::Stdio::null()),
+        )
     }
 }
 

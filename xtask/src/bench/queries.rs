@@ -6,7 +6,6 @@
 //! Targets (issue 4): qprof's ratio above bpftrace's; <= 2 traps/query.
 
 use std::{
-    fmt::Write as _,
     path::Path,
     process::{Command, ExitCode},
     time::Duration,
@@ -16,7 +15,7 @@ use anyhow::{Context as _, bail};
 
 use super::{
     postgres::{Cluster, ensure_installed, parse_tps},
-    process::{Running, Scratch, wait_for_text},
+    process::{BpfStats, Running, Scratch, wait_for_text},
 };
 use crate::util::{self, run_cmd};
 
@@ -49,8 +48,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let cluster = Cluster::start(&bin, 5497)?;
     run_cmd(cluster.pgbench().args(["-i", "-s", "10", "-q", "postgres"]))?;
     let libpq = find_libpq()?;
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
-        .context("enabling BPF run statistics")?;
+    let stats = BpfStats::enable()?;
     let mut results: Vec<(Mode, Vec<(f64, f64)>)> = [Mode::Untraced, Mode::Qprof, Mode::Bpftrace]
         .into_iter()
         .map(|m| (m, Vec::new()))
@@ -65,7 +63,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             runs.push((tps, traps));
         }
     }
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    drop(stats);
     let (statements, peak_mb) = memory_with_distinct_statements(&qprof, &cluster, &scratch)?;
     let median = |mode: Mode, pick: fn(&(f64, f64)) -> f64| {
         let mut v: Vec<f64> = results
@@ -219,35 +217,13 @@ fn memory_with_distinct_statements(
     scratch: &Scratch,
 ) -> anyhow::Result<(usize, f64)> {
     const N: usize = 100_000;
-    let script = scratch.path("distinct.sql");
-    let mut text = String::with_capacity(N * 24);
-    for i in 0..N {
-        let _ = writeln!(text, "SELECT 1 AS c{i};");
-    }
-    std::fs::write(&script, text).context("writing the statements")?;
     let log = scratch.path("mem.log");
     let mut cmd = Command::new(qprof);
     cmd.args(["record", "queries", "--duration", "30m", "--json"])
         .arg(scratch.path("mem.json"));
     let tracer = Running::spawn(&mut cmd, "qprof", Some(&log))?;
     wait_for_text(&log, "qprof: recording")?;
-    run_cmd(
-        Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &cluster.port.to_string(),
-                "-U",
-                "postgres",
-                "-f",
-            ])
-            .arg(&script)
-            .arg("postgres")
-            .stdout(std::process::Stdio::null()),
-    )?;
+    cluster.distinct_statements(N, &scratch.path("distinct.sql"))?;
     std::thread::sleep(Duration::from_secs(1));
     let status = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid()))
         .context("qprof's status")?;
