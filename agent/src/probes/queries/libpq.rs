@@ -3,10 +3,7 @@
 
 use std::path::Path;
 
-use aya::{
-    Ebpf,
-    programs::uprobe::{UProbeAttachLocation, UProbeScope},
-};
+use aya::Ebpf;
 use blazesym::{
     SymType,
     inspect::{
@@ -15,7 +12,7 @@ use blazesym::{
     },
 };
 
-use super::library::{LibrarySpec, uprobe};
+use super::library::{LibrarySpec, attach_at};
 use crate::probes::{ProbeError, memory::placement};
 
 /// (program, libpq function). The `PQexec*`/`PQprepare` entry points call
@@ -56,16 +53,8 @@ fn attach_file(ebpf: &mut Ebpf, full: &Path) -> Result<(), ProbeError> {
     for ((program, function), offset) in PROBES.into_iter().zip(offsets) {
         // The probe goes on an instruction the kernel emulates (one trap
         // per hit) rather than one it must single-step (two).
-        let location = match offset {
-            Some(at) => UProbeAttachLocation::AbsoluteOffset(at + probe_skip(full, at)),
-            None => UProbeAttachLocation::Symbol(function),
-        };
-        uprobe(ebpf, program)?
-            .attach(location, full, UProbeScope::AllProcesses)
-            .map_err(|source| ProbeError::Program {
-                name: program,
-                source,
-            })?;
+        let offset = offset.map(|at| at + probe_skip(full, at));
+        attach_at(ebpf, program, full, offset, function)?;
     }
     Ok(())
 }

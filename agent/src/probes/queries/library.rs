@@ -10,7 +10,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{Ebpf, programs::UProbe};
+use aya::{
+    Ebpf,
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
+};
 
 use crate::probes::ProbeError;
 
@@ -171,4 +177,26 @@ pub fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UPro
         })?
         .try_into()
         .map_err(|source| ProbeError::Program { name, source })
+}
+
+/// Attaches `program` to `file` at a file offset (`None`: at `symbol`,
+/// resolved by aya), for every process that maps the file.
+pub fn attach_at(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    file: &Path,
+    offset: Option<u64>,
+    symbol: &str,
+) -> Result<(), ProbeError> {
+    let location = offset.map_or(
+        UProbeAttachLocation::Symbol(symbol),
+        UProbeAttachLocation::AbsoluteOffset,
+    );
+    uprobe(ebpf, program)?
+        .attach(location, file, UProbeScope::AllProcesses)
+        .map_err(|source| ProbeError::Program {
+            name: program,
+            source,
+        })?;
+    Ok(())
 }

@@ -9,14 +9,11 @@
 
 use std::path::Path;
 
-use aya::{
-    Ebpf,
-    programs::uprobe::{UProbeAttachLocation, UProbeScope},
-};
+use aya::Ebpf;
 
 use super::{
     libpq::symbol_offsets,
-    library::{LibrarySpec, uprobe},
+    library::{LibrarySpec, attach_at},
 };
 use crate::probes::{ProbeError, memory::placement};
 
@@ -64,16 +61,7 @@ fn attach_file(ebpf: &mut Ebpf, full: &Path) -> Result<(), ProbeError> {
         }
     };
     for (program, offset, symbol) in targets {
-        let location = offset.map_or(
-            UProbeAttachLocation::Symbol(symbol),
-            UProbeAttachLocation::AbsoluteOffset,
-        );
-        uprobe(ebpf, program)?
-            .attach(location, full, UProbeScope::AllProcesses)
-            .map_err(|source| ProbeError::Program {
-                name: program,
-                source,
-            })?;
+        attach_at(ebpf, program, full, offset, symbol)?;
     }
     Ok(())
 }
@@ -86,7 +74,7 @@ fn plan(file: &Path) -> Plan {
         offsets.get(1).copied().flatten(),
     );
     let internal = read.zip(read_ex).and_then(|(r, ex)| {
-        let code_r = placement::read_code(file, r)?;
+        let code_r = placement::read_bytes(file, r, SEARCHED_BYTES)?;
         let code_ex = placement::read_code(file, ex)?;
         internal_read(r, &code_r, ex, &code_ex)
     });
@@ -111,6 +99,10 @@ fn internal_read(read: u64, code_read: &[u8], read_ex: u64, code_ex: &[u8]) -> O
     });
     calls_it.then_some(target)
 }
+
+/// Bytes of `SSL_read` searched for the call (it is at +30 in Debian's
+/// 3.0, after the stack protector's set-up).
+const SEARCHED_BYTES: usize = 64;
 
 const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
 
@@ -147,6 +139,22 @@ mod tests {
         assert_eq!(internal_read(0x35430, &read, 0x354c0, &read_ex), None);
         // SSL_read_ex not a thin wrapper.
         assert_eq!(internal_read(0x35430, &read, 0x354c0, &[0x55, 0x48]), None);
+    }
+
+    /// On this host's own libssl (when it is OpenSSL 3 as packaged by
+    /// Debian 12, whose layout the test above copies) the shared read is
+    /// found, and it is neither exported function.
+    #[test]
+    fn plans_the_system_libssl() {
+        let file = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        if !file.exists() {
+            return;
+        }
+        let offsets = symbol_offsets(file, &["SSL_read", "SSL_read_ex"]);
+        match plan(file) {
+            Plan::Internal(at) => assert!(!offsets.contains(&Some(at)), "{at:x}"),
+            Plan::Exported(..) => panic!("no shared read found in {}", file.display()),
+        }
     }
 
     /// Versioned sonames count; other libraries do not.
