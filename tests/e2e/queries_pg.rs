@@ -290,6 +290,11 @@ fn offcpu_still_blocked_in_query_is_labelled() {
     let fin_q = rec_q.wait();
     assert!(fin_q.status.success(), "{}", fin_q.stderr);
     let rows = pg_rows(&json);
+    assert!(
+        rows.contains_key("SELECT pg_sleep(?) AS still_waiting"),
+        "{rows:?}\n{}",
+        fin_q.stderr
+    );
     let id = rows["SELECT pg_sleep(?) AS still_waiting"]["fingerprint_id"]
         .as_str()
         .unwrap_or_default()

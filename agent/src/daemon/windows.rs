@@ -75,42 +75,7 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
     let c = &config.continuous;
     let (tracker, cancel) = (&shared.tracker, &shared.cancel);
     if c.cpu {
-        let cpu = CpuConfig {
-            hz: c.cpu_hz,
-            pids: Vec::new(),
-            by_query: false,
-            include_idle: c.include_idle,
-        };
-        // blazesym's symbolizer is not Send: it lives on one blocking
-        // thread of its own that symbolizes and writes each window, so a
-        // slow symbolization never delays the sampler's polls either. The
-        // thread ends when the sampler's task (the only sender) ends.
-        let (tx, rx) = std::sync::mpsc::channel::<(CpuCapture, WindowSpan)>();
-        let hz = c.cpu_hz;
-        let writer = shared.clone();
-        tracker.spawn_blocking(move || {
-            let mut symbolizer = Symbolizer::new();
-            while let Ok((snap, span)) = rx.recv() {
-                let result = cpu_window(&writer, &mut symbolizer, &snap, span, hz);
-                count_write(&writer, result.map_err(|e| e.to_string()), "cpu");
-            }
-        });
-        let tx = Mutex::new(tx);
-        supervise::spawn::<CpuSampler, _>(
-            tracker,
-            shared.clone(),
-            cancel.clone(),
-            cpu,
-            move |s, snap, span| {
-                let sent = tx
-                    .lock()
-                    .map_err(|_| ())
-                    .and_then(|t| t.send((snap, span)).map_err(|_| ()));
-                if sent.is_err() {
-                    count_write(s, Err("the symbolizer thread is gone".into()), "cpu");
-                }
-            },
-        );
+        start_cpu(shared, c);
     }
     if c.queries {
         let options = QueryOptions {
@@ -179,6 +144,48 @@ pub fn start_continuous(shared: &Arc<Shared>, config: &Config) {
             },
         );
     }
+}
+
+/// Host-wide CPU sampling; each window is symbolized and written by a
+/// thread of its own.
+fn start_cpu(shared: &Arc<Shared>, c: &super::config::Continuous) {
+    let (tracker, cancel) = (&shared.tracker, &shared.cancel);
+    let cpu = CpuConfig {
+        hz: c.cpu_hz,
+        pids: Vec::new(),
+        by_query: false,
+        include_idle: c.include_idle,
+    };
+    // blazesym's symbolizer is not Send: it lives on one blocking
+    // thread of its own that symbolizes and writes each window, so a
+    // slow symbolization never delays the sampler's polls either. The
+    // thread ends when the sampler's task (the only sender) ends.
+    let (tx, rx) = std::sync::mpsc::channel::<(CpuCapture, WindowSpan)>();
+    let hz = c.cpu_hz;
+    let writer = shared.clone();
+    tracker.spawn_blocking(move || {
+        let mut symbolizer = Symbolizer::new();
+        while let Ok((snap, span)) = rx.recv() {
+            let result = cpu_window(&writer, &mut symbolizer, &snap, span, hz);
+            count_write(&writer, result.map_err(|e| e.to_string()), "cpu");
+        }
+    });
+    let tx = Mutex::new(tx);
+    supervise::spawn::<CpuSampler, _>(
+        tracker,
+        shared.clone(),
+        cancel.clone(),
+        cpu,
+        move |s, snap, span| {
+            let sent = tx
+                .lock()
+                .map_err(|_| ())
+                .and_then(|t| t.send((snap, span)).map_err(|_| ()));
+            if sent.is_err() {
+                count_write(s, Err("the symbolizer thread is gone".into()), "cpu");
+            }
+        },
+    );
 }
 
 fn count_write(shared: &Shared, result: Result<(), String>, what: &str) {

@@ -45,6 +45,9 @@ fn kept(kind: CaptureKind, with_queries: bool) -> Vec<&'static str> {
     };
     if with_queries {
         kept.extend(QUERY_MAPS);
+        // `QueryLabels::attach` turns labelling on in the CPU sampler's
+        // config, whichever capability it attaches into.
+        kept.push("CPU_CONFIG");
     }
     kept
 }
