@@ -5,9 +5,10 @@ use std::{collections::HashMap, path::Path, time::Duration};
 
 use serde_json::Value;
 
-use crate::{TempDir, postgres::PgServer, session::QprofRun};
+use crate::{TempDir, pgbench::percentile, postgres::PgServer, session::QprofRun};
 
 /// Postgres rows of a `--json` report, by fingerprint text.
+#[must_use]
 pub fn pg_rows(json: &Path) -> HashMap<String, Value> {
     let text =
         std::fs::read_to_string(json).unwrap_or_else(|e| panic!("reading {}: {e}", json.display()));
@@ -21,6 +22,7 @@ pub fn pg_rows(json: &Path) -> HashMap<String, Value> {
 
 /// Latencies (µs) from pgbench's per-transaction log files (`-l`): the
 /// third field of every line.
+#[must_use]
 pub fn pgbench_latencies(dir: &Path, prefix: &str) -> Vec<f64> {
     let mut lat = Vec::new();
     for entry in std::fs::read_dir(dir)
@@ -40,13 +42,9 @@ pub fn pgbench_latencies(dir: &Path, prefix: &str) -> Vec<f64> {
     lat
 }
 
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
-    sorted.get(rank - 1).copied().unwrap_or(0.0)
-}
-
 /// pgbench's select-only script, with a column alias unique to this test
 /// (and mode) so that any other pgbench on the host cannot add calls.
+#[must_use]
 pub fn select_script(mode: &str) -> String {
     format!(
         "\\set aid random(1, 100000 * :scale)\nSELECT abalance AS qprof_e2e_{mode} FROM pgbench_accounts WHERE aid = :aid;\n"
@@ -56,6 +54,7 @@ pub fn select_script(mode: &str) -> String {
 /// Runs pgbench -S in `mode` under qprof (over TLS when the server has
 /// it); returns (qprof's row for the
 /// select, pgbench's latencies).
+#[must_use]
 pub fn pgbench_under_qprof(server: &PgServer, dir: &TempDir, mode: &str) -> (Value, Vec<f64>) {
     let json = dir.join(&format!("{mode}.json"));
     let mut qprof = QprofRun::start(&[
@@ -106,7 +105,7 @@ pub fn pgbench_modes_match(server: &PgServer, dir: &TempDir) {
         .output();
     assert!(init.is_ok_and(|o| o.status.success()), "pgbench -i failed");
     for mode in ["simple", "extended", "prepared"] {
-        let (row, lat) = pgbench_under_qprof(&server, &dir, mode);
+        let (row, lat) = pgbench_under_qprof(server, dir, mode);
         assert_eq!(row["calls"], 1000, "{mode}: {row}");
         assert_eq!(row["errors"], 0, "{mode}: {row}");
         assert_eq!(

@@ -3,6 +3,7 @@
 //! PostgreSQL refuses to run as root, so everything runs as `postgres`.
 
 use std::{
+    fmt::Write as _,
     net::TcpListener,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -96,11 +97,12 @@ impl PgServer {
         );
         if ssl {
             let (cert, key) = self_signed(&server.dir);
-            opts.push_str(&format!(
+            let _ = write!(
+                opts,
                 " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
                 cert.display(),
                 key.display()
-            ));
+            );
         }
         let out = as_postgres(&server.bin.join("pg_ctl"))
             .arg("-D")
