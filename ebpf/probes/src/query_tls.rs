@@ -14,7 +14,9 @@ use aya_ebpf::{
 use qprof_common::{
     counters::Counter,
     query_pq::FdKey,
-    query_tls::{FD_UNKNOWN, TLS_FDS_CAPACITY, TLS_READS_CAPACITY, TlsKey, TlsRead},
+    query_tls::{
+        FD_FLAG_TLS_UNFOLLOWED, FD_UNKNOWN, TLS_FDS_CAPACITY, TLS_READS_CAPACITY, TlsKey, TlsRead,
+    },
 };
 
 use crate::{counters::bump, query_pq::PQ_FDS, query_pq_wire};
@@ -110,6 +112,13 @@ pub fn on_read_return(ctx: &RetProbeContext) {
     };
     // SAFETY: the connection's entry (see `query_pq::on_sendto`).
     let conn = unsafe { &mut *conn };
+    if conn.flags & FD_FLAG_TLS_UNFOLLOWED != 0 {
+        // Its libssl was attached after the connection's first reply (a
+        // copy found by a rescan): follow it from its next ReadyForQuery.
+        conn.flags &= !FD_FLAG_TLS_UNFOLLOWED;
+        conn.lost = 1;
+        conn.skip = 0;
+    }
     query_pq_wire::parse(conn, read.buf as *const u8, n, pid_tgid);
 }
 
