@@ -66,6 +66,12 @@ fn as_postgres(program: &Path) -> Command {
 impl Cluster {
     /// `initdb` + `pg_ctl start` on `port`, in a fresh directory.
     pub fn start(bin: &Path, port: u16) -> anyhow::Result<Self> {
+        Self::start_with(bin, port, false)
+    }
+
+    /// As [`Self::start`]; with `ssl`, the server also accepts TLS, with a
+    /// self-signed certificate made here (clients choose by `PGSSLMODE`).
+    pub fn start_with(bin: &Path, port: u16, ssl: bool) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("qprof-bench-pg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -83,10 +89,35 @@ impl Cluster {
                 .arg(&data)
                 .stdout(std::process::Stdio::null()),
         )?;
-        let options = format!(
+        let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1",
             cluster.dir.display()
         );
+        if ssl {
+            let (cert, key) = (
+                cluster.dir.join("server.crt"),
+                cluster.dir.join("server.key"),
+            );
+            run_cmd(
+                Command::new("openssl")
+                    .args([
+                        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    ])
+                    .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&cert)
+                    .stderr(std::process::Stdio::null()),
+            )?;
+            run_cmd(Command::new("chmod").arg("600").arg(&key))?;
+            run_cmd(Command::new("chown").arg("postgres").arg(&cert).arg(&key))?;
+            let _ = write!(
+                options,
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            );
+        }
         run_cmd(
             as_postgres(&bin.join("pg_ctl"))
                 .arg("-D")
