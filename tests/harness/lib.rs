@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod net;
+pub mod pg_queries;
 pub mod pgbench;
 pub mod postgres;
 pub mod pprof_tool;

@@ -3,6 +3,7 @@
 //! PostgreSQL refuses to run as root, so everything runs as `postgres`.
 
 use std::{
+    fmt::Write as _,
     net::TcpListener,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -31,6 +32,8 @@ pub struct PgServer {
     dir: PathBuf,
     bin: PathBuf,
     pub port: u16,
+    /// `ssl = on` with a self-signed certificate; clients require TLS.
+    pub ssl: bool,
 }
 
 fn as_postgres(program: &Path) -> Command {
@@ -50,6 +53,14 @@ impl PgServer {
     /// initdb + start on a free loopback port; waits until it accepts.
     #[must_use]
     pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, false)
+    }
+
+    /// As [`Self::start`], with `ssl = on` and a self-signed certificate
+    /// made here by `openssl req -x509` when `ssl` is set (clients then use
+    /// `sslmode=require`).
+    #[must_use]
+    pub fn start_with(tag: &str, ssl: bool) -> Self {
         let bin = bin_dir();
         let dir = std::env::temp_dir().join(format!("qprof-pg-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -74,11 +85,25 @@ impl PgServer {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let server = Self { dir, bin, port };
-        let opts = format!(
+        let server = Self {
+            dir,
+            bin,
+            port,
+            ssl,
+        };
+        let mut opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             server.dir.display()
         );
+        if ssl {
+            let (cert, key) = self_signed(&server.dir);
+            let _ = write!(
+                opts,
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            );
+        }
         let out = as_postgres(&server.bin.join("pg_ctl"))
             .arg("-D")
             .arg(&data)
@@ -107,7 +132,7 @@ impl PgServer {
             "-U",
             "postgres",
         ]);
-        cmd.env("PGSSLMODE", "disable");
+        cmd.env("PGSSLMODE", if self.ssl { "require" } else { "disable" });
         cmd
     }
 
@@ -126,6 +151,39 @@ impl PgServer {
         );
         out
     }
+}
+
+/// A self-signed certificate and its key in `dir`, readable by postgres
+/// only (the server refuses a key others can read).
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap_or_else(|e| panic!("running openssl: {e}"));
+    assert!(
+        out.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap_or_default();
+    let status = Command::new("chown")
+        .arg("postgres")
+        .arg(&cert)
+        .arg(&key)
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "chown postgres {}",
+        key.display()
+    );
+    (cert, key)
 }
 
 impl Drop for PgServer {

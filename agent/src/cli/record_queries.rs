@@ -52,6 +52,15 @@ fn summarize(w: &QueryWindow, elapsed: std::time::Duration) {
             libpq.join(", ")
         }
     );
+    if !w.libssl_files.is_empty() {
+        eprintln!(
+            "qprof: TLS plaintext read through {}",
+            w.libssl_files.join(", ")
+        );
+    }
+    for line in crate::probes::queries::unfollowed::describe(&c.unfollowed) {
+        eprintln!("qprof: {line}");
+    }
     if w.table.evicted() > 0 {
         eprintln!(
             "qprof: {} least-used statements were evicted ({} calls)",

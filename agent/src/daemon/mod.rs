@@ -175,6 +175,19 @@ fn read_token(config: &Config) -> anyhow::Result<Option<String>> {
     Ok(Some(token.to_owned()))
 }
 
+/// At most two glibc malloc arenas: every blocking thread (one per
+/// capability, the symbolizer, the sampler) would otherwise get its own
+/// 64 MB arena and keep its peak resident (measured: four fully resident
+/// arenas in a 5-minute run). The agent allocates little on hot paths, so
+/// the contention costs nothing measurable.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes allocator tunables; called before the
+    // agent starts any thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Runs the agent until SIGINT/SIGTERM.
 pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     let config = effective_config(overrides)?;
@@ -186,6 +199,7 @@ pub fn run(overrides: &Overrides) -> anyhow::Result<()> {
     }
     let store = Store::open(&config.data_dir)
         .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
+    limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)

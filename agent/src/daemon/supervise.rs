@@ -145,7 +145,7 @@ fn drive<C: Component>(
 /// freed at once); each start runs on its own blocking thread, whose
 /// glibc arena would otherwise keep that peak resident for ever (measured:
 /// 43 MB of an idle agent's 69 MB RSS).
-fn release_freed_memory() {
+pub fn release_freed_memory() {
     // SAFETY: malloc_trim has no preconditions; it only returns free pages
     // of the malloc arenas to the kernel.
     unsafe {

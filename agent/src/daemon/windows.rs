@@ -187,6 +187,10 @@ fn start_cpu(shared: &Arc<Shared>, c: &super::config::Continuous) {
             if full && let Some((acc, acc_span)) = window.take() {
                 let result = cpu_window(&writer, &mut symbolizer, &acc, acc_span, hz);
                 count_write(&writer, result.map_err(|e| e.to_string()), "cpu");
+                // What the window parsed is freed (the frame cache keeps
+                // its results), and so is the memory symbolizing it took.
+                symbolizer.release_resolver();
+                super::supervise::release_freed_memory();
             }
         }
         // The sampler stopped (its last slice is in): the partial window.

@@ -65,6 +65,8 @@ impl QueryLabels {
                 ..
             } => texts.learn(text_id, &bytes, truncated),
             QueryEvent::Done(done) => _ = texts.resolve(done.text_id),
+            // Labels only: `record queries` reports what it cannot follow.
+            QueryEvent::Unfollowed(_) => {}
         });
         let forgotten = self.texts.take_forgotten();
         if let Err(err) = QueryProbes::forget_texts(ebpf, &forgotten) {

@@ -42,6 +42,13 @@ pub const FILE_CACHE_CAPACITY: usize = 4_096;
 /// its own, so past this many distinct files it is rebuilt empty (counted
 /// as a resolver reset); the frame cache above keeps most of its work.
 pub const RESOLVER_FILES_CAPACITY: usize = 256;
+/// Bytes of files (their sizes) blazesym may hold parsed at once. Parsed
+/// symbol tables and debug info grow with the file: on a build host a few
+/// compilers' libraries (`librustc_driver` 150 MB, `libLLVM` 195 MB, test
+/// binaries with full DWARF) held 500+ MB resident under a count-only
+/// bound. 128 MiB keeps the agent's memory in tens of MB while a host's
+/// usual binaries (libc, the services) stay parsed between windows.
+pub const RESOLVER_BYTES_CAPACITY: u64 = 128 << 20;
 
 /// How samples are valued in the profile being built.
 #[derive(Debug, Clone)]
@@ -117,6 +124,8 @@ pub struct Symbolizer {
     inner: blazesym::symbolize::Symbolizer,
     /// Files handed to `inner` since it was (re)built.
     resolver_files: HashSet<FileId>,
+    /// Sum of their sizes.
+    resolver_bytes: u64,
     frames: BoundedCache<CachedFrame, Vec<Line>>,
     /// Build id (lowercase hex, "" for none) per file.
     build_ids: BoundedCache<FileId, String>,
@@ -143,6 +152,7 @@ impl Symbolizer {
         Self {
             inner: blazesym_symbolizer(),
             resolver_files: HashSet::new(),
+            resolver_bytes: 0,
             frames: BoundedCache::new(FRAME_CACHE_CAPACITY),
             build_ids: BoundedCache::new(FILE_CACHE_CAPACITY),
             stats: SymbolizerStats::default(),
@@ -282,17 +292,32 @@ impl Symbolizer {
     }
 
     /// Rebuilds blazesym empty before it would hold more than
-    /// [`RESOLVER_FILES_CAPACITY`] parsed files.
+    /// [`RESOLVER_FILES_CAPACITY`] parsed files or
+    /// [`RESOLVER_BYTES_CAPACITY`] bytes of them.
     fn bound_resolver(&mut self, id: FileId) {
         if self.resolver_files.contains(&id) {
             return;
         }
-        if self.resolver_files.len() >= RESOLVER_FILES_CAPACITY {
-            self.inner = blazesym_symbolizer();
-            self.resolver_files.clear();
-            self.stats.resolver_resets += 1;
+        let too_many = self.resolver_files.len() >= RESOLVER_FILES_CAPACITY;
+        let too_big = self.resolver_bytes.saturating_add(id.size) > RESOLVER_BYTES_CAPACITY;
+        if (too_many || too_big) && !self.resolver_files.is_empty() {
+            self.release_resolver();
         }
+        self.resolver_bytes = self.resolver_bytes.saturating_add(id.size);
         self.resolver_files.insert(id);
+    }
+
+    /// Drops everything blazesym holds parsed (counted as a reset); the
+    /// frame cache keeps what was resolved. The agent calls it after each
+    /// window so that files seen once do not stay parsed.
+    pub fn release_resolver(&mut self) {
+        if self.resolver_files.is_empty() {
+            return;
+        }
+        self.inner = blazesym_symbolizer();
+        self.resolver_files.clear();
+        self.resolver_bytes = 0;
+        self.stats.resolver_resets += 1;
     }
 
     /// One pprof mapping per module, with the file's build id (cached).

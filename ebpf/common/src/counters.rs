@@ -31,6 +31,18 @@ pub enum Counter {
     OffcpuStartMapFull = 8,
     /// `OFFCPU_COUNTS` was full: a block's time was not counted.
     OffcpuCountMapFull = 9,
+    /// TLS records arrived on a `PostgreSQL` connection outside any probed
+    /// TLS read (a TLS library qprof cannot probe, or one linked
+    /// statically): that connection is not followed (one per connection).
+    QueryTlsUnfollowed = 10,
+    /// A query sent on a connection that is not followed (see
+    /// `QueryTlsUnfollowed`): not timed.
+    QueryTlsDropped = 11,
+    /// An OpenSSL read returned plaintext whose socket was never seen (no
+    /// syscall inside it and none before for that `SSL*`): not parsed.
+    QueryTlsFdUnknown = 12,
+    /// `PQ_TLS_READS` refused a thread entering an OpenSSL read.
+    QueryTlsMapFull = 13,
     /// `TCP_SOCKS` was full: a connection was not tracked (its connect,
     /// RTT and bytes are missing).
     TcpSockMapFull = 16,
@@ -79,7 +91,7 @@ pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
     /// Every counter, for export loops.
-    pub const ALL: [Counter; 26] = [
+    pub const ALL: [Counter; 30] = [
         Counter::StackCollision,
         Counter::StackError,
         Counter::CountMapFull,
@@ -90,6 +102,10 @@ impl Counter {
         Counter::SyscallInflightFull,
         Counter::OffcpuStartMapFull,
         Counter::OffcpuCountMapFull,
+        Counter::QueryTlsUnfollowed,
+        Counter::QueryTlsDropped,
+        Counter::QueryTlsFdUnknown,
+        Counter::QueryTlsMapFull,
         Counter::TcpSockMapFull,
         Counter::TcpStatsMapFull,
         Counter::TcpHistMapFull,
@@ -122,6 +138,10 @@ impl Counter {
             Counter::SyscallInflightFull => "syscall_inflight_full",
             Counter::OffcpuStartMapFull => "offcpu_start_map_full",
             Counter::OffcpuCountMapFull => "offcpu_count_map_full",
+            Counter::QueryTlsUnfollowed => "query_tls_unfollowed",
+            Counter::QueryTlsDropped => "query_tls_dropped",
+            Counter::QueryTlsFdUnknown => "query_tls_fd_unknown",
+            Counter::QueryTlsMapFull => "query_tls_map_full",
             Counter::TcpSockMapFull => "tcp_sock_map_full",
             Counter::TcpStatsMapFull => "tcp_stats_map_full",
             Counter::TcpHistMapFull => "tcp_hist_map_full",

@@ -15,5 +15,6 @@ pub mod offcpu;
 pub mod queries;
 pub mod query_pq;
 pub mod query_sqlite;
+pub mod query_tls;
 pub mod syscalls;
 pub mod tcp;

@@ -27,6 +27,8 @@ pub const DB_SQLITE: u32 = 2;
 
 pub const EVENT_TEXT: u32 = 1;
 pub const EVENT_DONE: u32 = 2;
+/// A connection that cannot be followed (`query_tls::UnfollowedEvent`).
+pub const EVENT_UNFOLLOWED: u32 = 3;
 
 /// First sight of a query text.
 #[repr(C)]

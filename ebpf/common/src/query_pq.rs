@@ -77,7 +77,8 @@ pub struct PgFd {
     pub hdr: [u8; 8],
     /// Non-zero after the parser lost its place.
     pub lost: u32,
-    pub pad: u32,
+    /// `query_tls::FD_FLAG_*`.
+    pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<PgFd>() == 32 * FD_QUEUE_SLOTS + 32);
 

@@ -17,6 +17,7 @@ mod query_events;
 mod query_pq;
 mod query_pq_wire;
 mod query_sqlite;
+mod query_tls;
 mod syscalls;
 mod tcp;
 
@@ -213,6 +214,28 @@ pub fn pq_recvfrom_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn pq_recvfrom_exit(ctx: TracePointContext) -> u32 {
     query_pq::on_recvfrom_exit(&ctx);
+    0
+}
+
+/// OpenSSL's internal read (behind `SSL_read` and `SSL_read_ex`) or
+/// `SSL_read_ex` itself: `(ssl, buf, num, size_t *readbytes)`.
+#[uprobe]
+pub fn tls_read_ex(ctx: ProbeContext) -> u32 {
+    query_tls::on_read(&ctx, true);
+    0
+}
+
+/// `SSL_read(ssl, buf, num)`, when the internal read cannot be found.
+#[uprobe]
+pub fn tls_read(ctx: ProbeContext) -> u32 {
+    query_tls::on_read(&ctx, false);
+    0
+}
+
+/// Return of every read above.
+#[uretprobe]
+pub fn tls_read_ret(ctx: RetProbeContext) -> u32 {
+    query_tls::on_read_return(&ctx);
     0
 }
 

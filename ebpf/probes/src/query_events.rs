@@ -142,6 +142,14 @@ pub fn emit_done(db: u32, text_id: u64, pid_tgid: u64, latency_ns: u64, rows: u6
     }
 }
 
+/// A connection that cannot be followed (once per connection).
+#[inline(always)]
+pub fn emit_unfollowed(ev: qprof_common::query_tls::UnfollowedEvent) {
+    if QUERY_EVENTS.output(ev, 0).is_err() {
+        bump(Counter::QueryEventRingFull);
+    }
+}
+
 /// Marks `tid` as inside query `text_id` (read by CPU and off-CPU samples).
 #[inline(always)]
 pub fn set_active(tid: u32, text_id: u64, db: u32) {

@@ -12,12 +12,14 @@ use aya_ebpf::{
 };
 use qprof_common::{
     counters::Counter,
+    queries::EVENT_UNFOLLOWED,
     queries::{DB_POSTGRES, FNV_OFFSET, fnv1a_step},
     query_pq::{
         FD_QUEUE_SLOTS, FDS_CAPACITY, FdKey, KIND_EXTENDED, KIND_PREPARE, KIND_SIMPLE,
         PendingQuery, PgFd, PqConfig, RecvArgs, STMT_NAMES_CAPACITY, StmtKey,
         THREAD_PENDING_CAPACITY, THREAD_PENDING_SLOTS, ThreadPending,
     },
+    query_tls::{FD_FLAG_TLS_UNFOLLOWED, UNFOLLOWED_TLS, UnfollowedEvent},
 };
 
 use crate::{
@@ -30,7 +32,7 @@ static PQ_THREAD_PENDING: HashMap<u32, ThreadPending> =
     HashMap::with_max_entries(THREAD_PENDING_CAPACITY, 0);
 
 #[map(name = "PQ_FDS")]
-static PQ_FDS: LruHashMap<FdKey, PgFd> = LruHashMap::with_max_entries(FDS_CAPACITY, 0);
+pub static PQ_FDS: LruHashMap<FdKey, PgFd> = LruHashMap::with_max_entries(FDS_CAPACITY, 0);
 
 #[map(name = "PQ_RECV_ARGS")]
 static PQ_RECV_ARGS: HashMap<u32, RecvArgs> = HashMap::with_max_entries(THREAD_PENDING_CAPACITY, 0);
@@ -230,6 +232,13 @@ pub fn on_sendto(ctx: &TracePointContext) {
     // SAFETY: the connection's entry; sends and receives of one socket are
     // serialized by libpq in practice, and a race only misplaces a query.
     let conn = unsafe { &mut *conn };
+    if conn.flags & FD_FLAG_TLS_UNFOLLOWED != 0 {
+        for _ in 0..pending.count.min(THREAD_PENDING_SLOTS as u32) {
+            bump(Counter::QueryTlsDropped);
+        }
+        pending.count = 0;
+        return;
+    }
     for i in 0..THREAD_PENDING_SLOTS {
         if i >= pending.count as usize {
             break;
@@ -273,6 +282,11 @@ pub fn on_recvfrom_enter(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: format-file offsets, checked reads.
     let fd: u64 = unsafe { ctx.read_at(config.off_recvfrom_fd as usize) }.unwrap_or(u64::MAX);
+    // Ciphertext read by OpenSSL: its plaintext is parsed at the read's
+    // return instead.
+    if crate::query_tls::inside_read(pid_tgid as u32, fd as u32) {
+        return;
+    }
     let key = FdKey {
         pid: (pid_tgid >> 32) as u32,
         fd: fd as u32,
@@ -321,7 +335,43 @@ pub fn on_recvfrom_exit(ctx: &TracePointContext) {
     };
     // SAFETY: the connection's entry (see on_sendto).
     let conn = unsafe { &mut *conn };
-    crate::query_pq_wire::parse(conn, args.buf as *const u8, ret as u64, pid_tgid);
+    let buf = args.buf as *const u8;
+    if conn.flags & FD_FLAG_TLS_UNFOLLOWED != 0 {
+        return;
+    }
+    if conn.skip == 0 && conn.lost == 0 && crate::query_tls::is_tls_record(buf) {
+        give_up_tls(conn, key);
+        return;
+    }
+    crate::query_pq_wire::parse(conn, buf, ret as u64, pid_tgid);
+}
+
+/// A connection encrypted by a TLS library qprof does not probe: its
+/// queries in flight are dropped (counted), later ones are not queued,
+/// and the agent is told once, to name the reason.
+#[inline(always)]
+fn give_up_tls(conn: &mut PgFd, key: FdKey) {
+    conn.flags |= FD_FLAG_TLS_UNFOLLOWED;
+    bump(Counter::QueryTlsUnfollowed);
+    for _ in 0..FD_QUEUE_SLOTS {
+        if conn.head == conn.tail {
+            break;
+        }
+        if let Some(q) = conn
+            .queue
+            .get(core::hint::black_box(conn.head as usize % FD_QUEUE_SLOTS))
+        {
+            clear_active(q.tid);
+        }
+        conn.head = conn.head.wrapping_add(1);
+        bump(Counter::QueryTlsDropped);
+    }
+    crate::query_events::emit_unfollowed(UnfollowedEvent {
+        kind: EVENT_UNFOLLOWED,
+        reason: UNFOLLOWED_TLS,
+        pid: key.pid,
+        fd: key.fd,
+    });
 }
 
 /// Completes the query at the head of the queue.

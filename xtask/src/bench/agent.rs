@@ -8,8 +8,11 @@
 //!   full mode (`record syscalls`), and bpftrace's plain `@[pid] = count()`.
 //!   Target (issue 9): the default adds <= 1.5x what the floor adds.
 //!
-//! Later parts (pgbench TPS under the agent, its RSS and CPU, a `/metrics`
-//! scrape) plug in as further [`Part`]s.
+//! - `pgbench`: the agent on its defaults under `pgbench -S` for
+//!   `--minutes` (default 5), against the same load untraced: TPS ratio,
+//!   the agent's CPU beside its probes' run time, its RSS over time, a
+//!   `/metrics` scrape, its start-up CPU and locked map memory (see
+//!   [`super::agent_pgbench`]).
 
 use std::process::ExitCode;
 
@@ -20,14 +23,18 @@ use super::syscalls::{LoopBench, Tracer, median, verdict};
 pub enum Part {
     /// ns added per getppid: default mode vs floor, full mode and bpftrace.
     Syscalls,
+    /// pgbench -S under the agent's defaults vs untraced: TPS, agent CPU,
+    /// RSS, /metrics scrape, start-up CPU, locked map memory.
+    Pgbench,
 }
 
 impl Part {
-    const ALL: [Self; 1] = [Self::Syscalls];
+    const ALL: [Self; 2] = [Self::Syscalls, Self::Pgbench];
 }
 
-/// Runs `part`, or every part.
-pub fn run(part: Option<Part>, rounds: usize) -> anyhow::Result<ExitCode> {
+/// Runs `part`, or every part: `rounds` of the syscall loop, `minutes` of
+/// pgbench under the agent.
+pub fn run(part: Option<Part>, rounds: usize, minutes: u64) -> anyhow::Result<ExitCode> {
     let mut met = true;
     for part in Part::ALL
         .into_iter()
@@ -35,6 +42,7 @@ pub fn run(part: Option<Part>, rounds: usize) -> anyhow::Result<ExitCode> {
     {
         met &= match part {
             Part::Syscalls => syscalls(rounds)?,
+            Part::Pgbench => super::agent_pgbench::run(minutes)?,
         };
     }
     Ok(if met {

@@ -2,6 +2,9 @@
 //! by side in one run and reports ratios (results go to BENCHMARKS.md).
 
 mod agent;
+mod agent_pgbench;
+mod agent_report;
+mod agent_watch;
 mod cpu;
 mod cpu_report;
 mod cpu_runs;
@@ -30,6 +33,10 @@ pub enum Which {
         /// reported, since the machine is noisy).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Length of the run under the agent in the pgbench part (the
+        /// untraced runs take as long together), in minutes.
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
     },
     /// CPU profiling: fixture slowdown and qprof's own cost vs perf.
     Cpu {
@@ -59,7 +66,11 @@ pub enum Which {
 
 pub fn run(which: &Which) -> anyhow::Result<ExitCode> {
     match *which {
-        Which::Agent { part, rounds } => agent::run(part, rounds),
+        Which::Agent {
+            part,
+            rounds,
+            minutes,
+        } => agent::run(part, rounds, minutes),
         Which::Cpu { seconds, rounds } => cpu::run(seconds, rounds),
         Which::Syscalls => syscalls::run(),
         Which::Offcpu => offcpu::run(),

@@ -5,6 +5,7 @@
 //! user (created by Debian's package) through `runuser`.
 
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -65,6 +66,12 @@ fn as_postgres(program: &Path) -> Command {
 impl Cluster {
     /// `initdb` + `pg_ctl start` on `port`, in a fresh directory.
     pub fn start(bin: &Path, port: u16) -> anyhow::Result<Self> {
+        Self::start_with(bin, port, false)
+    }
+
+    /// As [`Self::start`]; with `ssl`, the server also accepts TLS, with a
+    /// self-signed certificate made here (clients choose by `PGSSLMODE`).
+    pub fn start_with(bin: &Path, port: u16, ssl: bool) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("qprof-bench-pg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -82,10 +89,35 @@ impl Cluster {
                 .arg(&data)
                 .stdout(std::process::Stdio::null()),
         )?;
-        let options = format!(
+        let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1",
             cluster.dir.display()
         );
+        if ssl {
+            let (cert, key) = (
+                cluster.dir.join("server.crt"),
+                cluster.dir.join("server.key"),
+            );
+            run_cmd(
+                Command::new("openssl")
+                    .args([
+                        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    ])
+                    .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&cert)
+                    .stderr(std::process::Stdio::null()),
+            )?;
+            run_cmd(Command::new("chmod").arg("600").arg(&key))?;
+            run_cmd(Command::new("chown").arg("postgres").arg(&cert).arg(&key))?;
+            let _ = write!(
+                options,
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            );
+        }
         run_cmd(
             as_postgres(&bin.join("pg_ctl"))
                 .arg("-D")
@@ -121,6 +153,27 @@ impl Cluster {
             "postgres",
         ]);
         cmd
+    }
+}
+
+impl Cluster {
+    /// Runs `n` distinct statements (`SELECT 1 AS c<i>`: one fingerprint
+    /// each) through `psql` over loopback TCP, from a script written to
+    /// `script`.
+    pub fn distinct_statements(&self, n: usize, script: &Path) -> anyhow::Result<()> {
+        let mut text = String::with_capacity(n * 24);
+        for i in 0..n {
+            let _ = writeln!(text, "SELECT 1 AS c{i};");
+        }
+        std::fs::write(script, text).context("writing the statements")?;
+        run_cmd(
+            Command::new("psql")
+                .args(["-X", "-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", "postgres", "-f"])
+                .arg(script)
+                .arg("postgres")
+                .stdout(std::process::Stdio::null()),
+        )
     }
 }
 

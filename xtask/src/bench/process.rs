@@ -158,9 +158,9 @@ pub fn cpu_time(pid: i32) -> anyhow::Result<Duration> {
     Ok(total)
 }
 
-/// CPU time (user + system, all threads) from `/proc/<pid>/stat`, in clock
-/// ticks (10 ms).
-fn cpu_ticks(pid: i32) -> anyhow::Result<Duration> {
+/// CPU time (user + system, all threads, also those that already exited)
+/// from `/proc/<pid>/stat`, in clock ticks (10 ms).
+pub fn cpu_ticks(pid: i32) -> anyhow::Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name is in parentheses and may contain anything: count
@@ -182,7 +182,7 @@ fn cpu_ticks(pid: i32) -> anyhow::Result<Duration> {
     ))
 }
 
-fn clock_ticks_per_second() -> u64 {
+pub fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf only reads a constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz > 0 { hz as u64 } else { 100 }
@@ -199,6 +199,57 @@ pub fn self_cpu() -> anyhow::Result<Duration> {
         return Err(std::io::Error::last_os_error()).context("reading this process's CPU time");
     }
     Ok(Duration::from_secs(ts.tv_sec as u64) + Duration::from_nanos(ts.tv_nsec as u64))
+}
+
+/// CPU clock ticks (utime + stime + reaped children's) of every process
+/// outside the trees rooted at `ours` (this benchmark and the postmaster)
+/// and outside the kernel's threads.
+pub fn foreign_ticks(ours: &[u32]) -> u64 {
+    let mut parent = std::collections::HashMap::new();
+    let mut ticks = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised name: state ppid ... utime(14)
+        // stime(15) cutime(16) cstime(17), numbered from 1 with pid.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        if f.len() > 14 {
+            parent.insert(pid, f[0] as u32);
+            ticks.insert(pid, f[10] + f[11] + f[12] + f[13]);
+        }
+    }
+    let ours_or_kernel = |mut pid: u32| {
+        for _ in 0..64 {
+            if ours.contains(&pid) || pid == 2 {
+                return true;
+            }
+            match parent.get(&pid) {
+                Some(&p) if p != 0 => pid = p,
+                _ => return false,
+            }
+        }
+        false
+    };
+    ticks
+        .iter()
+        .filter(|(pid, _)| !ours_or_kernel(**pid))
+        .map(|(_, t)| t)
+        .sum()
 }
 
 /// Online CPUs: both tracers sample every one of them.
@@ -302,6 +353,38 @@ pub fn wait_for_quiet(max_busy: f64, patience: Duration) -> anyhow::Result<bool>
             );
             said = true;
         }
+    }
+}
+
+/// `kernel.bpf_stats_enabled` turned on for a benchmark (the kernel then
+/// counts each program's runs and run time) and put back as it was when
+/// dropped: it costs every program run two clock reads, so a host's owner
+/// may well keep it off.
+pub struct BpfStats {
+    before: String,
+}
+
+/// Where the switch lives.
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    pub fn enable() -> anyhow::Result<Self> {
+        let before =
+            std::fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
+        std::fs::write(BPF_STATS, "1").context("enabling BPF run statistics")?;
+        Ok(Self { before })
+    }
+
+    /// Whether the switch is still on: anyone may write 0 to it meanwhile
+    /// (another benchmark ending), and run counts stop from then on.
+    pub fn still_on() -> bool {
+        std::fs::read_to_string(BPF_STATS).is_ok_and(|v| v.trim() == "1")
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.before.trim());
     }
 }
 

@@ -1,12 +1,14 @@
 //! `cargo xtask bench queries`: pgbench -S (4 clients, loopback) untraced,
 //! under `qprof record queries`, and under a bpftrace script with uprobes on
 //! PQsendQuery and PQgetResult (+ uretprobe on PQgetResult), interleaved in
-//! one run. Reports TPS ratios and uprobe traps per query, counted from the
-//! kernel's own BPF run counters (`kernel.bpf_stats_enabled`, `bpftool`).
+//! one run; then the same over TLS (`sslmode=require`), bpftrace's peer
+//! script on `SSL_write`/`SSL_read`. Reports TPS ratios and probe runs per
+//! query, counted from the kernel's own BPF run counters
+//! (`kernel.bpf_stats_enabled`, `bpftool`); a uretprobe's run is counted
+//! too, although with the `uretprobe` syscall it costs no trap.
 //! Targets (issue 4): qprof's ratio above bpftrace's; <= 2 traps/query.
 
 use std::{
-    fmt::Write as _,
     path::Path,
     process::{Command, ExitCode},
     time::Duration,
@@ -16,7 +18,7 @@ use anyhow::{Context as _, bail};
 
 use super::{
     postgres::{Cluster, ensure_installed, parse_tps},
-    process::{Running, Scratch, wait_for_text},
+    process::{BpfStats, Running, Scratch, wait_for_text},
 };
 use crate::util::{self, run_cmd};
 
@@ -28,7 +30,29 @@ enum Mode {
     Untraced,
     Qprof,
     Bpftrace,
+    UntracedTls,
+    QprofTls,
+    BpftraceTls,
 }
+
+impl Mode {
+    const ALL: [Mode; 6] = [
+        Mode::Untraced,
+        Mode::Qprof,
+        Mode::Bpftrace,
+        Mode::UntracedTls,
+        Mode::QprofTls,
+        Mode::BpftraceTls,
+    ];
+
+    fn tls(self) -> bool {
+        matches!(self, Mode::UntracedTls | Mode::QprofTls | Mode::BpftraceTls)
+    }
+}
+
+/// One measurement: TPS, probe runs per query, and qprof's runs per query
+/// by program name.
+type Sample = (f64, f64, Vec<(String, f64)>);
 
 pub fn run() -> anyhow::Result<ExitCode> {
     if !util::is_root() {
@@ -46,28 +70,47 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let bin = ensure_installed()?;
     let qprof = util::build_qprof()?;
     let scratch = Scratch::create("queries")?;
-    let cluster = Cluster::start(&bin, 5497)?;
+    let cluster = Cluster::start_with(&bin, 5497, true)?;
     run_cmd(cluster.pgbench().args(["-i", "-s", "10", "-q", "postgres"]))?;
-    let libpq = find_libpq()?;
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
-        .context("enabling BPF run statistics")?;
-    let mut results: Vec<(Mode, Vec<(f64, f64)>)> = [Mode::Untraced, Mode::Qprof, Mode::Bpftrace]
-        .into_iter()
-        .map(|m| (m, Vec::new()))
-        .collect();
+    let libs = [find_lib("libpq.so.5.")?, find_lib("libssl.so.3")?];
+    let stats = BpfStats::enable()?;
+    let mut results: Vec<(Mode, Vec<Sample>)> =
+        Mode::ALL.into_iter().map(|m| (m, Vec::new())).collect();
     for round in 0..ROUNDS {
         for (mode, runs) in &mut results {
-            let (tps, traps) = measure(*mode, &qprof, &cluster, &libpq, &scratch)?;
+            let sample = measure(*mode, &qprof, &cluster, &libs, &scratch)?;
             eprintln!(
-                "  round {}: {mode:?}: {tps:.0} TPS, {traps:.2} traps/query",
-                round + 1
+                "  round {}: {mode:?}: {:.0} TPS, {:.2} probe runs/query",
+                round + 1,
+                sample.0,
+                sample.1
             );
-            runs.push((tps, traps));
+            runs.push(sample);
         }
     }
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    drop(stats);
     let (statements, peak_mb) = memory_with_distinct_statements(&qprof, &cluster, &scratch)?;
-    let median = |mode: Mode, pick: fn(&(f64, f64)) -> f64| {
+    let (q, b, qt, bt, plain_runs) = report(&results);
+    println!(
+        "qprof peak RSS with {statements} distinct statements seen: {peak_mb:.1} MB (target <= 64 MB: {})",
+        if peak_mb <= 64.0 { "met" } else { "NOT met" }
+    );
+    println!(
+        "targets: qprof ratio > bpftrace ratio: plaintext {}, TLS {}; <= 2 traps/query (plaintext): {}",
+        if q > b { "met" } else { "NOT met" },
+        if qt > bt { "met" } else { "NOT met" },
+        if plain_runs <= 2.0 { "met" } else { "NOT met" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// bpftrace's peer script for `mode`: query start at the send, end at the
+/// last receive.
+/// Prints the table (medians over rounds); returns the TPS of qprof and
+/// bpftrace on plaintext and TLS, and qprof's probe runs per plaintext
+/// query, for the targets.
+fn report(results: &[(Mode, Vec<Sample>)]) -> (f64, f64, f64, f64, f64) {
+    let median = |mode: Mode, pick: fn(&Sample) -> f64| {
         let mut v: Vec<f64> = results
             .iter()
             .find(|(m, _)| *m == mode)
@@ -76,68 +119,101 @@ pub fn run() -> anyhow::Result<ExitCode> {
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
-    let base = median(Mode::Untraced, |r| r.0);
-    let (q, b) = (
-        median(Mode::Qprof, |r| r.0),
-        median(Mode::Bpftrace, |r| r.0),
-    );
-    let (qt, bt) = (
-        median(Mode::Qprof, |r| r.1),
-        median(Mode::Bpftrace, |r| r.1),
-    );
+    let tps = |m| median(m, |r| r.0);
+    let runs = |m| median(m, |r| r.1);
     println!("pgbench -S -c 4 -j 2 -T {SECONDS}, loopback, median of {ROUNDS} interleaved rounds:");
-    println!("| condition | TPS | ratio | traps/query |");
+    println!("| condition | TPS | ratio | probe runs/query |");
     println!("| --- | --- | --- | --- |");
-    println!("| untraced | {base:.0} | 1.000 | 0 |");
-    println!(
-        "| qprof record queries | {q:.0} | {:.3} | {qt:.2} |",
-        q / base
-    );
-    println!(
-        "| bpftrace PQsendQuery + PQgetResult (+uretprobe) | {b:.0} | {:.3} | {bt:.2} |",
-        b / base
-    );
-    println!(
-        "qprof peak RSS with {statements} distinct statements seen: {peak_mb:.1} MB (target <= 64 MB: {})",
-        if peak_mb <= 64.0 { "met" } else { "NOT met" }
-    );
-    println!(
-        "targets: qprof ratio > bpftrace ratio: {}; <= 2 traps/query: {}",
-        if q > b { "met" } else { "NOT met" },
-        if qt <= 2.0 { "met" } else { "NOT met" }
-    );
-    Ok(ExitCode::SUCCESS)
+    for (base, rows) in [
+        (
+            Mode::Untraced,
+            [
+                (Mode::Untraced, "plaintext, untraced"),
+                (Mode::Qprof, "plaintext, qprof record queries"),
+                (
+                    Mode::Bpftrace,
+                    "plaintext, bpftrace PQsendQuery + PQgetResult (+uretprobe)",
+                ),
+            ],
+        ),
+        (
+            Mode::UntracedTls,
+            [
+                (Mode::UntracedTls, "TLS, untraced"),
+                (Mode::QprofTls, "TLS, qprof record queries"),
+                (
+                    Mode::BpftraceTls,
+                    "TLS, bpftrace SSL_write + SSL_read (+uretprobe)",
+                ),
+            ],
+        ),
+    ] {
+        for (mode, name) in rows {
+            println!(
+                "| {name} | {:.0} | {:.3} | {:.2} |",
+                tps(mode),
+                tps(mode) / tps(base),
+                runs(mode)
+            );
+        }
+    }
+    if let Some((_, samples)) = results.iter().find(|(m, _)| *m == Mode::QprofTls)
+        && let Some((_, _, by_program)) = samples.last()
+    {
+        let parts: Vec<String> = by_program
+            .iter()
+            .map(|(name, per_query)| format!("{name} {per_query:.2}"))
+            .collect();
+        println!(
+            "qprof over TLS, runs/query by program (client and server; last round): {}",
+            parts.join(", ")
+        );
+    }
+    let (q, b) = (tps(Mode::Qprof), tps(Mode::Bpftrace));
+    let (qt, bt) = (tps(Mode::QprofTls), tps(Mode::BpftraceTls));
+    (q, b, qt, bt, runs(Mode::Qprof))
 }
 
-fn measure(
+fn bpftrace_script(mode: Mode, [libpq, libssl]: &[String; 2]) -> String {
+    if mode.tls() {
+        format!(
+            "uprobe:{libssl}:SSL_write {{ @s[tid] = nsecs; }} \
+             uretprobe:{libssl}:SSL_read /@s[tid]/ {{ @lat = hist(nsecs - @s[tid]); delete(@s[tid]); }}"
+        )
+    } else {
+        format!(
+            "uprobe:{libpq}:PQsendQuery,uprobe:{libpq}:PQsendQueryPrepared {{ @s[tid] = nsecs; }} \
+             uprobe:{libpq}:PQgetResult {{ @g = count(); }} \
+             uretprobe:{libpq}:PQgetResult /retval == 0 && @s[tid]/ {{ @lat = hist(nsecs - @s[tid]); delete(@s[tid]); }}"
+        )
+    }
+}
+
+/// Starts the tracer of `mode` (none when untraced): the process, the
+/// file to watch and the text that says it is attached.
+fn start_tracer(
     mode: Mode,
     qprof: &Path,
-    cluster: &Cluster,
-    libpq: &str,
+    libs: &[String; 2],
     scratch: &Scratch,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<Option<(Running, std::path::PathBuf, &'static str)>> {
     let log = scratch.path("tracer.log");
-    let tracer = match mode {
-        Mode::Untraced => None,
-        Mode::Qprof => {
+    Ok(match mode {
+        Mode::Untraced | Mode::UntracedTls => None,
+        Mode::Qprof | Mode::QprofTls => {
             let mut cmd = Command::new(qprof);
             cmd.args(["record", "queries", "--duration", "10m", "--json"])
                 .arg(scratch.path("q.json"));
             Some((
                 Running::spawn(&mut cmd, "qprof", Some(&log))?,
-                log.clone(),
+                log,
                 "qprof: recording",
             ))
         }
-        Mode::Bpftrace => {
-            let script = format!(
-                "uprobe:{libpq}:PQsendQuery,uprobe:{libpq}:PQsendQueryPrepared {{ @s[tid] = nsecs; }} \
-                 uprobe:{libpq}:PQgetResult {{ @g = count(); }} \
-                 uretprobe:{libpq}:PQgetResult /retval == 0 && @s[tid]/ {{ @lat = hist(nsecs - @s[tid]); delete(@s[tid]); }}"
-            );
+        Mode::Bpftrace | Mode::BpftraceTls => {
             let out = scratch.path("bpftrace.out");
             let mut cmd = Command::new("bpftrace");
-            cmd.args(["-e", &script])
+            cmd.args(["-e", &bpftrace_script(mode, libs)])
                 .stdout(std::fs::File::create(&out).context("bpftrace output")?);
             Some((
                 Running::spawn(&mut cmd, "bpftrace", Some(&log))?,
@@ -145,13 +221,26 @@ fn measure(
                 "Attaching",
             ))
         }
-    };
+    })
+}
+
+fn measure(
+    mode: Mode,
+    qprof: &Path,
+    cluster: &Cluster,
+    libs: &[String; 2],
+    scratch: &Scratch,
+) -> anyhow::Result<Sample> {
+    // Programs loaded before the tracer are other people's: not counted.
+    let others = uprobe_runs()?;
+    let tracer = start_tracer(mode, qprof, libs, scratch)?;
     if let Some((_, file, marker)) = &tracer {
         wait_for_text(file, marker)?;
     }
     let before = uprobe_runs()?;
     let out = cluster
         .pgbench()
+        .env("PGSSLMODE", if mode.tls() { "require" } else { "disable" })
         .args([
             "-S",
             "-n",
@@ -173,16 +262,29 @@ fn measure(
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let tps = parse_tps(&text).with_context(|| format!("no TPS in pgbench output: {text}"))?;
-    let queries = tps * f64::from(SECONDS);
-    Ok((
-        tps,
-        traps_between(&before, &after) as f64 / queries.max(1.0),
-    ))
+    let queries = (tps * f64::from(SECONDS)).max(1.0);
+    let mut by_program: Vec<(String, f64)> = Vec::new();
+    let mut total = 0;
+    for (id, (name, runs)) in &after {
+        if others.contains_key(id) {
+            continue;
+        }
+        let ran = runs.saturating_sub(before.get(id).map_or(*runs, |b| b.1));
+        total += ran;
+        if ran > 0 {
+            match by_program.iter_mut().find(|(n, _)| n == name) {
+                Some(entry) => entry.1 += ran as f64 / queries,
+                None => by_program.push((name.clone(), ran as f64 / queries)),
+            }
+        }
+    }
+    by_program.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((tps, total as f64 / queries, by_program))
 }
 
-/// Run counts of every uprobe/kprobe-type BPF program, by program id
-/// (uprobes run `kprobe` programs; each run is one trap).
-fn uprobe_runs() -> anyhow::Result<std::collections::HashMap<u64, u64>> {
+/// Name and run count of every uprobe/kprobe-type BPF program, by program
+/// id (uprobes and uretprobes run `kprobe` programs).
+fn uprobe_runs() -> anyhow::Result<std::collections::HashMap<u64, (String, u64)>> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -193,22 +295,16 @@ fn uprobe_runs() -> anyhow::Result<std::collections::HashMap<u64, u64>> {
         .map(|all| {
             all.iter()
                 .filter(|p| p["type"] == "kprobe")
-                .filter_map(|p| Some((p["id"].as_u64()?, p["run_cnt"].as_u64().unwrap_or(0))))
+                .filter_map(|p| {
+                    let name = p["name"].as_str().unwrap_or("?").to_owned();
+                    Some((
+                        p["id"].as_u64()?,
+                        (name, p["run_cnt"].as_u64().unwrap_or(0)),
+                    ))
+                })
                 .collect()
         })
         .unwrap_or_default())
-}
-
-/// Traps taken between two snapshots: programs present in both (tracers
-/// that come and go elsewhere on the machine do not count).
-fn traps_between(
-    before: &std::collections::HashMap<u64, u64>,
-    after: &std::collections::HashMap<u64, u64>,
-) -> u64 {
-    after
-        .iter()
-        .map(|(id, runs)| runs.saturating_sub(before.get(id).copied().unwrap_or(*runs)))
-        .sum()
 }
 
 /// Runs 100,000 distinct statements through psql under `qprof record
@@ -219,35 +315,13 @@ fn memory_with_distinct_statements(
     scratch: &Scratch,
 ) -> anyhow::Result<(usize, f64)> {
     const N: usize = 100_000;
-    let script = scratch.path("distinct.sql");
-    let mut text = String::with_capacity(N * 24);
-    for i in 0..N {
-        let _ = writeln!(text, "SELECT 1 AS c{i};");
-    }
-    std::fs::write(&script, text).context("writing the statements")?;
     let log = scratch.path("mem.log");
     let mut cmd = Command::new(qprof);
     cmd.args(["record", "queries", "--duration", "30m", "--json"])
         .arg(scratch.path("mem.json"));
     let tracer = Running::spawn(&mut cmd, "qprof", Some(&log))?;
     wait_for_text(&log, "qprof: recording")?;
-    run_cmd(
-        Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &cluster.port.to_string(),
-                "-U",
-                "postgres",
-                "-f",
-            ])
-            .arg(&script)
-            .arg("postgres")
-            .stdout(std::process::Stdio::null()),
-    )?;
+    cluster.distinct_statements(N, &scratch.path("distinct.sql"))?;
     std::thread::sleep(Duration::from_secs(1));
     let status = std::fs::read_to_string(format!("/proc/{}/status", tracer.pid()))
         .context("qprof's status")?;
@@ -262,7 +336,8 @@ fn memory_with_distinct_statements(
     Ok((N, hwm_kb / 1024.0))
 }
 
-fn find_libpq() -> anyhow::Result<String> {
+/// The system's copy of a library whose file name starts with `prefix`.
+fn find_lib(prefix: &str) -> anyhow::Result<String> {
     let dir = Path::new("/usr/lib/x86_64-linux-gnu");
     std::fs::read_dir(dir)
         .context("listing /usr/lib/x86_64-linux-gnu")?
@@ -270,8 +345,8 @@ fn find_libpq() -> anyhow::Result<String> {
         .map(|e| e.path())
         .find(|p| {
             p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("libpq.so.5."))
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
         })
         .map(|p| p.display().to_string())
-        .context("libpq.so.5.* not found")
+        .with_context(|| format!("{prefix}* not found"))
 }

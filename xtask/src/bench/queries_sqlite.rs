@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::process::{Running, Scratch, wait_for_text};
+use super::process::{BpfStats, Running, Scratch, wait_for_text};
 use crate::util::{self, run_cmd};
 
 /// Loop iterations per measurement (two executions each): ~0.1 s
@@ -58,8 +58,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let fixture = build_fixture(&scratch)?;
     let lib = std::fs::canonicalize("/usr/lib/x86_64-linux-gnu/libsqlite3.so.0")
         .context("finding the system libsqlite3")?;
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
-        .context("enabling BPF run statistics")?;
+    let stats = BpfStats::enable()?;
     let mut results: Vec<(Mode, Vec<Sample>)> = [Mode::Untraced, Mode::TrapFloor, Mode::Qprof]
         .into_iter()
         .map(|m| (m, Vec::new()))
@@ -80,7 +79,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
         Ok::<(), anyhow::Error>(())
     })();
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    drop(stats);
     outcome?;
     report(&results);
     Ok(ExitCode::SUCCESS)

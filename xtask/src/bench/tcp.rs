@@ -15,7 +15,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::postgres::{self, Cluster};
+use super::{
+    postgres::{self, Cluster},
+    process::{clock_ticks_per_second, foreign_ticks, online_cpus},
+};
 use crate::util;
 
 /// Seconds per measured pgbench run.
@@ -89,7 +92,7 @@ fn measure(
             (pgbench(cluster, SECONDS)?, String::new())
         };
         let foreign = foreign_ticks(ours).saturating_sub(before) as f64
-            / (clock_ticks() * SECONDS as f64 * cpus());
+            / (clock_ticks_per_second() as f64 * SECONDS as f64 * online_cpus() as f64);
         let label = if traced { "traced  " } else { "untraced" };
         eprintln!(
             "bench: {label} {tps:>9.0} TPS, other work {:.1}% of the CPUs {summary}",
@@ -109,69 +112,6 @@ fn measure(
 /// Other work may take this share of the CPUs during a kept run.
 const MAX_FOREIGN: f64 = 0.03;
 const RETRIES: usize = 4;
-
-/// CPU clock ticks (utime + stime + reaped children's) of every process
-/// outside the trees rooted at `ours` (this benchmark and the postmaster)
-/// and outside the kernel's threads.
-fn foreign_ticks(ours: &[u32]) -> u64 {
-    let mut parent = std::collections::HashMap::new();
-    let mut ticks = std::collections::HashMap::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised name: state ppid ... utime(14)
-        // stime(15) cutime(16) cstime(17), numbered from 1 with pid.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .skip(1)
-            .map(|v| v.parse().unwrap_or(0))
-            .collect();
-        if f.len() > 14 {
-            parent.insert(pid, f[0] as u32);
-            ticks.insert(pid, f[10] + f[11] + f[12] + f[13]);
-        }
-    }
-    let ours_or_kernel = |mut pid: u32| {
-        for _ in 0..64 {
-            if ours.contains(&pid) || pid == 2 {
-                return true;
-            }
-            match parent.get(&pid) {
-                Some(&p) if p != 0 => pid = p,
-                _ => return false,
-            }
-        }
-        false
-    };
-    ticks
-        .iter()
-        .filter(|(pid, _)| !ours_or_kernel(**pid))
-        .map(|(_, t)| t)
-        .sum()
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 { hz as f64 } else { 100.0 }
-}
-
-fn cpus() -> f64 {
-    // SAFETY: sysconf only reads a value.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    if n > 0 { n as f64 } else { 1.0 }
-}
 
 /// (busy, total) jiffies of all CPUs from `/proc/stat`.
 fn cpu_jiffies() -> Option<(u64, u64)> {

@@ -8,7 +8,7 @@ use qprof_common::counters::Counter;
 
 use super::labels::label_value;
 
-/// Distinct loss causes kept: the kernel's counter ids (26 today, at most
+/// Distinct loss causes kept: the kernel's counter ids (30 today, at most
 /// `COUNTER_SLOTS` = 32) plus the agent's own (table evictions, unreadable
 /// records…), with room to grow. A cause past the cap is counted under
 /// "other", never dropped.

@@ -69,10 +69,17 @@ pub fn probe_offset(code: &[u8]) -> u64 {
 /// `None` if the file cannot be read there.
 #[must_use]
 pub fn read_code(file: &std::path::Path, offset: u64) -> Option<Vec<u8>> {
+    read_bytes(file, offset, CODE_BYTES)
+}
+
+/// Reads `len` bytes of `file` at `offset` (fewer at its end); `None` if
+/// the file cannot be read there.
+#[must_use]
+pub fn read_bytes(file: &std::path::Path, offset: u64, len: usize) -> Option<Vec<u8>> {
     use std::io::{Read as _, Seek as _, SeekFrom};
     let mut f = std::fs::File::open(file).ok()?;
     f.seek(SeekFrom::Start(offset)).ok()?;
-    let mut code = vec![0; CODE_BYTES];
+    let mut code = vec![0; len];
     let n = f.read(&mut code).ok()?;
     code.truncate(n);
     Some(code)

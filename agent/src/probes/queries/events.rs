@@ -1,6 +1,9 @@
 //! Decoding the query ring buffer's records.
 
-use qprof_common::queries::{DoneEvent, EVENT_DONE, EVENT_TEXT, TEXT_MAX, TextEvent};
+use qprof_common::{
+    queries::{DoneEvent, EVENT_DONE, EVENT_TEXT, EVENT_UNFOLLOWED, TEXT_MAX, TextEvent},
+    query_tls::UnfollowedEvent,
+};
 
 /// One record from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +15,8 @@ pub enum QueryEvent {
         truncated: bool,
     },
     Done(DoneEvent),
+    /// A connection that cannot be followed (once per connection).
+    Unfollowed(UnfollowedEvent),
 }
 
 /// Decodes a record; `None` for a record of unknown kind or short length
@@ -37,6 +42,12 @@ pub fn decode(record: &[u8]) -> Option<QueryEvent> {
             // SAFETY: as above, for DoneEvent.
             Some(QueryEvent::Done(unsafe {
                 record.as_ptr().cast::<DoneEvent>().read_unaligned()
+            }))
+        }
+        EVENT_UNFOLLOWED if record.len() >= size_of::<UnfollowedEvent>() => {
+            // SAFETY: as above, for UnfollowedEvent.
+            Some(QueryEvent::Unfollowed(unsafe {
+                record.as_ptr().cast::<UnfollowedEvent>().read_unaligned()
             }))
         }
         _ => None,
@@ -87,6 +98,14 @@ mod tests {
         };
         assert_eq!(decode(&bytes_of(&done)), Some(QueryEvent::Done(done)));
         assert_eq!(decode(&bytes_of(&done)[..20]), None);
+        let lost = UnfollowedEvent {
+            kind: EVENT_UNFOLLOWED,
+            reason: 1,
+            pid: 5,
+            fd: 6,
+        };
+        assert_eq!(decode(&bytes_of(&lost)), Some(QueryEvent::Unfollowed(lost)));
+        assert_eq!(decode(&bytes_of(&lost)[..12]), None);
         assert_eq!(decode(&[9, 0, 0, 0, 1, 2]), None);
         assert_eq!(decode(&[]), None);
         text.len = 60_000;

@@ -7,7 +7,10 @@
 
 pub mod events;
 pub mod libpq;
+pub mod library;
+pub mod libssl;
 mod tracer;
+pub mod unfollowed;
 
 pub use self::tracer::{QueryCounters, QueryTracer, QueryWindow};
 
@@ -28,7 +31,9 @@ use qprof_common::{
 
 use self::{
     events::{QueryEvent, decode},
-    libpq::PgProbes,
+    libpq::LIBPQ,
+    library::LibraryProbes,
+    libssl::LIBSSL,
 };
 use super::{
     ProbeError, map_mut, missing_map, query_sqlite::SqliteProbes, tracefs::TracepointFormat,
@@ -73,7 +78,9 @@ const MAX_WARNINGS: usize = 64;
 /// stay attached as long as that object lives.
 pub struct QueryProbes {
     events: RingBuf<MapData>,
-    pub pg: PgProbes,
+    pub pg: LibraryProbes,
+    /// OpenSSL's libssl: the plaintext of TLS connections.
+    pub ssl: LibraryProbes,
     pub sqlite: SqliteProbes,
     options: QueryOptions,
     scanned: HashSet<u32>,
@@ -123,7 +130,8 @@ impl QueryProbes {
         let sqlite = SqliteProbes::attach(ebpf, &options.pids)?;
         let mut probes = Self {
             events,
-            pg: PgProbes::default(),
+            pg: LibraryProbes::new(&LIBPQ),
+            ssl: LibraryProbes::new(&LIBSSL),
             sqlite,
             options: options.clone(),
             scanned: HashSet::new(),
@@ -134,6 +142,7 @@ impl QueryProbes {
         };
         if options.pids.is_empty() {
             probes.pg.scan_system(ebpf)?;
+            probes.ssl.scan_system(ebpf)?;
         }
         probes.scan(ebpf, true)?;
         Ok(probes)
@@ -202,15 +211,20 @@ impl QueryProbes {
             let new = self.scanned.insert(pid);
             if new || all {
                 self.pg.scan_pid(ebpf, pid)?;
+                self.ssl.scan_pid(ebpf, pid)?;
                 self.sqlite.rescan(ebpf, pid)?;
                 if new {
                     fresh.push(pid);
                 }
             }
         }
-        let (pg, sqlite) = (self.pg.take_warnings(), self.sqlite.take_warnings());
-        self.failed_scans += (pg.len() + sqlite.len()) as u64;
-        for warning in pg.into_iter().chain(sqlite) {
+        let (pg, ssl, sqlite) = (
+            self.pg.take_warnings(),
+            self.ssl.take_warnings(),
+            self.sqlite.take_warnings(),
+        );
+        self.failed_scans += (pg.len() + ssl.len() + sqlite.len()) as u64;
+        for warning in pg.into_iter().chain(ssl).chain(sqlite) {
             self.warn(warning);
         }
         Ok(fresh)

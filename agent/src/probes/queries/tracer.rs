@@ -9,7 +9,11 @@ use std::collections::HashMap;
 use aya::Ebpf;
 use qprof_common::{counters::Counter, queries::DB_SQLITE};
 
-use super::{QueryError, QueryOptions, QueryProbes, events::QueryEvent};
+use super::{
+    QueryError, QueryOptions, QueryProbes,
+    events::QueryEvent,
+    unfollowed::{self, Unfollowed},
+};
 use crate::{
     aggregate::{
         drops::DropDeltas,
@@ -25,8 +29,12 @@ use crate::{
 };
 
 /// The kernel counters the query programs bump (libpq and SQLite).
-const QUERY_COUNTERS: [Counter; 8] = [
+const QUERY_COUNTERS: [Counter; 12] = [
     Counter::QueryEventRingFull,
+    Counter::QueryTlsUnfollowed,
+    Counter::QueryTlsDropped,
+    Counter::QueryTlsFdUnknown,
+    Counter::QueryTlsMapFull,
     Counter::QueryMapFull,
     Counter::QueryQueueFull,
     Counter::QueryParserResync,
@@ -53,6 +61,8 @@ pub struct QueryCounters {
     pub texts_evicted: u64,
     /// Non-zero kernel drop counters of the query programs, by stable name.
     pub kernel_drops: Vec<(&'static str, u64)>,
+    /// Connections that could not be followed, by reason.
+    pub unfollowed: Vec<Unfollowed>,
 }
 
 /// One window of query statistics.
@@ -68,6 +78,8 @@ pub struct QueryWindow {
     pub warnings: Vec<String>,
     /// libpq files attached so far (paths as processes name them).
     pub libpq_files: Vec<String>,
+    /// OpenSSL libssl files attached so far (TLS plaintext).
+    pub libssl_files: Vec<String>,
     /// SQLite files (libraries or programs) attached so far.
     pub sqlite_files: usize,
 }
@@ -80,6 +92,7 @@ impl QueryWindow {
             counters: QueryCounters::default(),
             warnings: Vec::new(),
             libpq_files: Vec::new(),
+            libssl_files: Vec::new(),
             sqlite_files: 0,
         }
     }
@@ -116,7 +129,18 @@ impl QueryTracer {
             executions,
             ..
         } = self;
-        probes.poll(|ev| ingest(texts, window, executions, ev));
+        let mut lost = Vec::new();
+        probes.poll(|ev| match ev {
+            QueryEvent::Unfollowed(u) => lost.push(u.pid),
+            ev => ingest(texts, window, executions, ev),
+        });
+        for pid in lost {
+            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok();
+            let ssl = &self.probes.ssl;
+            let reason = unfollowed::tls_reason(maps.as_deref(), |p| ssl.is_attached(pid, p));
+            let name = unfollowed::process_name(pid);
+            unfollowed::count(&mut self.window.counters.unfollowed, reason, name);
+        }
         let forgotten = self.texts.take_forgotten();
         if let Err(err) = QueryProbes::forget_texts(&mut self.ebpf, &forgotten) {
             self.push_warning(format!("forgetting evicted query texts: {err}"));
@@ -138,6 +162,9 @@ impl QueryTracer {
         let drops = drop_counters(&self.ebpf)?;
         let mut window = std::mem::replace(&mut self.window, QueryWindow::new());
         window.libpq_files = (self.probes.pg.files.iter())
+            .map(|p| p.display().to_string())
+            .collect();
+        window.libssl_files = (self.probes.ssl.files.iter())
             .map(|p| p.display().to_string())
             .collect();
         window.sqlite_files = self.probes.sqlite.files().len();
@@ -162,6 +189,8 @@ fn ingest(texts: &mut QueryTexts, window: &mut QueryWindow, executions: &mut u64
             truncated,
             ..
         } => texts.learn(text_id, &bytes, truncated),
+        // Classified by the caller, which knows the attached libraries.
+        QueryEvent::Unfollowed(_) => {}
         QueryEvent::Done(done) => {
             *executions += 1;
             window.counters.executions += 1;
