@@ -15,13 +15,15 @@ use crate::{
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("golang-go", "go"), // `go tool pprof` reads every profile qprof writes
     ("linux-perf", "perf"),
-    ("gcc", "gcc"),             // builds the fixture programs with frame pointers
-    ("strace", "strace"),       // the reference for syscall counts
-    ("util-linux", "setpriv"),  // runs qprof without privileges in a bad-input test
-    ("iproute2", "ss"),         // `ss -ti` RTTs and `ip netns` for the TCP tests
-    ("nftables", "nft"),        // drops packets in a test namespace: real retransmits
-    ("prometheus", "promtool"), // `promtool check metrics` on the agent's /metrics
-    ("bpftool", "bpftool"),     // proves the agent's programs are gone after it stops
+    ("gcc", "gcc"),                 // builds the fixture programs with frame pointers
+    ("strace", "strace"),           // the reference for syscall counts
+    ("util-linux", "setpriv"),      // runs qprof without privileges in a bad-input test
+    ("iproute2", "ss"),             // `ss -ti` RTTs and `ip netns` for the TCP tests
+    ("nftables", "nft"),            // drops packets in a test namespace: real retransmits
+    ("prometheus", "promtool"),     // `promtool check metrics` on the agent's /metrics
+    ("bpftool", "bpftool"),         // proves the agent's programs are gone after it stops
+    ("openssl", "openssl"),         // self-signed certificates for the TLS query tests
+    ("systemd", "systemd-analyze"), // `systemd-analyze verify` on the unit file
     // The reference OpenMetrics parser (promtool 2.42 reads only text 0.0.4).
     (
         "python3-prometheus-client",
