@@ -29,11 +29,15 @@ use qprof_common::queries::TEXTS_SEEN_CAPACITY;
 
 use super::fingerprint::{Normalized, normalize_captured};
 
-/// Ids held by default: as many as the kernel's "already sent" table
-/// (`TEXTS_SEEN_CAPACITY`), so every id the kernel considers sent can be
-/// known here; more would only hold ids the kernel has forgotten. Each id
-/// costs ~100 bytes of bookkeeping besides its text: ~6.5 MB when full.
-pub const DEFAULT_MAX_TEXTS: usize = TEXTS_SEEN_CAPACITY as usize;
+/// Ids held by default: twice the kernel's "already sent" table
+/// (`TEXTS_SEEN_CAPACITY`). Both are LRUs by use, so an id this table
+/// evicts for want of room has at least twice the kernel's capacity of
+/// distinct ids used after it: the kernel has forgotten it too, and it
+/// need not be removed there (before, a client whose every statement
+/// carries a new literal cost the agent one BPF syscall per query for
+/// that). Each id costs ~100 bytes of bookkeeping besides its text:
+/// ~13 MB when full.
+pub const DEFAULT_MAX_TEXTS: usize = 2 * TEXTS_SEEN_CAPACITY as usize;
 
 /// Bytes of text held by default: 16 MiB, a quarter of the agent's 64 MB
 /// budget. Texts are captured up to 1 KiB, so this binds only when most
@@ -126,7 +130,11 @@ impl QueryTexts {
         while !self.entries.is_empty()
             && (self.entries.len() >= self.max_texts || self.bytes + new_bytes > self.max_bytes)
         {
-            self.evict_one();
+            // Evicted for the count with a table twice the kernel's: the
+            // kernel forgot it already (see DEFAULT_MAX_TEXTS).
+            let kernel_forgot = self.entries.len() >= self.max_texts
+                && self.max_texts >= 2 * TEXTS_SEEN_CAPACITY as usize;
+            self.evict_one(!kernel_forgot);
         }
         let fingerprint = if let Some(shared) = self.fingerprints.get_mut(&normalized.id) {
             shared.ids += 1;
@@ -206,13 +214,15 @@ impl QueryTexts {
         self.bytes
     }
 
-    fn evict_one(&mut self) {
+    /// Evicts the least recently used id; `forget_in_kernel` queues it for
+    /// removal from the kernel's "already sent" table.
+    fn evict_one(&mut self, forget_in_kernel: bool) {
         let Some((_, id)) = self.by_use.pop_first() else {
             return;
         };
         self.remove(id);
         self.evicted += 1;
-        if self.forgotten.len() < self.max_texts {
+        if forget_in_kernel && self.forgotten.len() < self.max_texts {
             self.forgotten.push(id);
         }
     }
@@ -258,6 +268,33 @@ mod tests {
         t.learn(5, b"SELECT d FROM t", false); // evicts 3
         assert!(t.peek(3).is_none());
         assert_eq!(t.evicted(), 2);
+    }
+
+    /// At the default size (twice the kernel's table) an id evicted for the
+    /// count is not handed on: the kernel forgot it already, and a client
+    /// with a new literal per statement costs no BPF syscall per query.
+    /// Evictions for bytes still are.
+    #[test]
+    fn count_evictions_at_twice_the_kernel_table_stay_in_user_space() {
+        let max = 2 * TEXTS_SEEN_CAPACITY as usize;
+        let mut t = QueryTexts::with_limits(max, usize::MAX, false);
+        for id in 0..max as u64 + 10 {
+            t.learn(
+                id,
+                format!("SELECT abalance FROM a WHERE aid = {id}").as_bytes(),
+                false,
+            );
+        }
+        assert_eq!(t.evicted(), 10);
+        assert!(t.take_forgotten().is_empty());
+        let mut small = QueryTexts::with_limits(max, 64, false);
+        small.learn(1, b"SELECT a FROM t", false);
+        small.learn(
+            2,
+            b"SELECT bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb FROM t",
+            false,
+        );
+        assert_eq!(small.take_forgotten(), vec![1]);
     }
 
     /// Ids of one fingerprint share its text: bytes count it once, and it
@@ -320,6 +357,8 @@ mod tests {
         assert_eq!(t.fingerprints.len(), DEFAULT_MAX_TEXTS);
         assert!(t.bytes() <= DEFAULT_MAX_BYTES);
         assert_eq!(t.evicted(), 200_000 - DEFAULT_MAX_TEXTS as u64);
-        assert_eq!(t.take_forgotten().len(), DEFAULT_MAX_TEXTS);
+        // Evicted for the count at twice the kernel's table: none is handed
+        // on for the kernel to forget (it has forgotten them).
+        assert!(t.take_forgotten().is_empty());
     }
 }
