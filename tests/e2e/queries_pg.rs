@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 
 use qprof_e2e::{
     TempDir, assert_fails_with,
-    pg_queries::{pg_rows, pgbench_modes_match, psql_script_matches},
+    pg_queries::{pg_rows, pgbench_modes_match, psql_script_matches, record_queries_json},
     postgres::PgServer,
     require_root, run_qprof,
     session::QprofRun,
@@ -41,14 +41,7 @@ fn client_started_later_is_traced() {
     let server = PgServer::start("later");
     let dir = TempDir::new("later");
     let json = dir.join("later.json");
-    let mut qprof = QprofRun::start(&[
-        "record",
-        "queries",
-        "--duration",
-        "5m",
-        "--json",
-        json.to_str().unwrap_or_default(),
-    ]);
+    let mut qprof = record_queries_json(&json);
     // The first statement gives qprof time to find the new process's libpq.
     let out = server
         .client("psql")
@@ -238,14 +231,7 @@ fn offcpu_still_blocked_in_query_is_labelled() {
     let server = PgServer::start("offcpu-still");
     let dir = TempDir::new("offcpu-still");
     let (off, json) = (dir.join("off.pb.gz"), dir.join("q.json"));
-    let mut rec_q = QprofRun::start(&[
-        "record",
-        "queries",
-        "--duration",
-        "5m",
-        "--json",
-        json.to_str().unwrap_or_default(),
-    ]);
+    let mut rec_q = record_queries_json(&json);
     let mut rec_off = QprofRun::start(&[
         "record",
         "offcpu",

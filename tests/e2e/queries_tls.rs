@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use qprof_e2e::{
     TempDir,
-    pg_queries::{pg_rows, pgbench_modes_match, psql_script_matches},
+    pg_queries::{pg_rows, pgbench_modes_match, psql_script_matches, record_queries_json},
     postgres::PgServer,
     require_root,
-    session::QprofRun,
 };
 
 /// The server really speaks TLS to these clients (else the tests below
@@ -50,14 +49,7 @@ fn tls_rows_and_summary() {
     let server = PgServer::start_with("tls-rows", true);
     let dir = TempDir::new("tls-rows");
     let json = dir.join("rows.json");
-    let mut qprof = QprofRun::start(&[
-        "record",
-        "queries",
-        "--duration",
-        "5m",
-        "--json",
-        json.to_str().unwrap_or_default(),
-    ]);
+    let mut qprof = record_queries_json(&json);
     let _ = server.psql("SELECT g AS tls_rows FROM generate_series(1, 37) g");
     std::thread::sleep(Duration::from_millis(300));
     qprof.interrupt();

@@ -7,6 +7,21 @@ use serde_json::Value;
 
 use crate::{TempDir, pgbench::percentile, postgres::PgServer, session::QprofRun};
 
+/// `qprof record queries` host-wide for up to 5 minutes (a test stops it
+/// with `interrupt`), writing its JSON report to `json`; returns once it is
+/// recording.
+#[must_use]
+pub fn record_queries_json(json: &Path) -> QprofRun {
+    QprofRun::start(&[
+        "record",
+        "queries",
+        "--duration",
+        "5m",
+        "--json",
+        json.to_str().unwrap_or_default(),
+    ])
+}
+
 /// Postgres rows of a `--json` report, by fingerprint text.
 #[must_use]
 pub fn pg_rows(json: &Path) -> HashMap<String, Value> {
@@ -57,14 +72,7 @@ pub fn select_script(mode: &str) -> String {
 #[must_use]
 pub fn pgbench_under_qprof(server: &PgServer, dir: &TempDir, mode: &str) -> (Value, Vec<f64>) {
     let json = dir.join(&format!("{mode}.json"));
-    let mut qprof = QprofRun::start(&[
-        "record",
-        "queries",
-        "--duration",
-        "5m",
-        "--json",
-        json.to_str().unwrap_or_default(),
-    ]);
+    let mut qprof = record_queries_json(&json);
     let prefix = format!("pgbench_{mode}");
     let script = dir.join(&format!("select_{mode}.sql"));
     std::fs::write(&script, select_script(mode))
@@ -154,14 +162,7 @@ pub fn psql_script_matches(server: &PgServer, dir: &TempDir) {
          SELECT a FROM qprof_t WHERE a > 1;\n",
     )
     .unwrap_or_else(|e| panic!("writing script: {e}"));
-    let mut qprof = QprofRun::start(&[
-        "record",
-        "queries",
-        "--duration",
-        "5m",
-        "--json",
-        json.to_str().unwrap_or_default(),
-    ]);
+    let mut qprof = record_queries_json(&json);
     let out = server
         .client("psql")
         .args(["-X", "-q", "-f"])
